@@ -1,0 +1,1 @@
+"""Pure analysis over a Recording: no processes, sockets, clock or plotting here."""

@@ -1,0 +1,238 @@
+"""Boots the target's server tree on loopback, waits until it answers, and always takes it down.
+
+``Server`` is a context manager: leaving it — normally, on an exception, on Ctrl-C or
+SIGTERM turned into an exception by the runner — terminates the master, waits, then
+kills every process left in the tree and in its process group.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from harness.config import AppConfig
+from harness.errors import BootError, ConfigError, PortInUseError
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class FdLimits:
+    soft_before: int
+    soft: int
+    hard: int
+
+
+def raise_fd_limit() -> FdLimits:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    return FdLimits(soft, target, hard)
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def check_port_free(port: int, host: str = HOST) -> None:
+    """Raise PortInUseError when ``port`` is already bound."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise PortInUseError(
+                f"port {port} on {host} is already in use; stop what listens there "
+                f"(`ss -ltnp 'sport = :{port}'`) or set [app] port = 0 to pick a free one"
+            ) from None
+
+
+def resolve_python(app: AppConfig) -> str:
+    """The interpreter that runs the app: its own when ``[app] python`` names one."""
+    if not app.python:
+        return sys.executable
+    found = shutil.which(app.python) if "/" not in app.python else app.python
+    if not found or not os.access(found, os.X_OK):
+        raise ConfigError(
+            f"[app] python = {app.python!r} is not an executable interpreter; "
+            "point it at the app's virtualenv, e.g. python = \".venv/bin/python\""
+        )
+    return found
+
+
+def server_command(app: AppConfig, python: str, port: int) -> list[str]:
+    """The argv that starts the server tree for ``app`` on HOST:port."""
+    if app.server == "gunicorn":
+        target = app.target + ("()" if app.factory else "")
+        return [
+            python, "-m", "gunicorn", target, "--worker-class", "uvicorn.workers.UvicornWorker",
+            "--workers", str(app.workers), "--bind", f"{HOST}:{port}", "--chdir", app.app_dir,
+            "--graceful-timeout", "5", "--log-level", "warning",
+        ]
+    cmd = [
+        python, "-m", "uvicorn", app.target, "--host", HOST, "--port", str(port),
+        "--app-dir", app.app_dir, "--loop", app.loop, "--log-level", "warning",
+    ]
+    if app.workers > 1:
+        cmd += ["--workers", str(app.workers)]
+    if app.factory:
+        cmd.append("--factory")
+    if not app.access_log:
+        cmd.append("--no-access-log")
+    return cmd
+
+
+def stderr_tail(path: Path, lines: int = 12) -> str:
+    """The last lines of a log file, indented for an error message."""
+    try:
+        text = path.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+class Server:
+    """The target's server tree: master plus workers (or one process for a single worker)."""
+
+    def __init__(self, app: AppConfig, run_dir: Path, env: dict[str, str] | None = None):
+        self.app = app
+        self.run_dir = run_dir
+        self.extra_env = env or {}
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.command: list[str] = []
+        self.stdout_path = run_dir / "server.stdout.log"
+        self.stderr_path = run_dir / "server.stderr.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
+    def __enter__(self) -> "Server":
+        try:
+            self.start()
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        app = self.app
+        if not Path(app.app_dir).is_dir():
+            raise ConfigError(f"[app] app_dir = {app.app_dir!r} is not a directory; point it at the folder holding your app")
+        python = resolve_python(app)
+        if app.port:
+            check_port_free(app.port)
+        self.port = app.port or free_port()
+        self.command = server_command(app, python, self.port)
+        env = {**os.environ, **app.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            # its own session: a terminal Ctrl-C reaches only the harness, which then stops the tree in order
+            self.proc = subprocess.Popen(
+                self.command, cwd=app.app_dir, env=env, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+
+    def wait_ready(self) -> None:
+        """Return once the app answers on its readiness path with every worker up."""
+        app = self.app
+        deadline = time.monotonic() + app.readiness.timeout_s
+        url = self.url + app.readiness.path
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                if self.proc and self.proc.poll() is not None:
+                    raise BootError(
+                        f"the app exited during start-up (code {self.proc.returncode}) running "
+                        f"`{' '.join(self.command)}`; fix the error below and run again:\n{stderr_tail(self.stderr_path)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise BootError(
+                        f"the app did not answer GET {app.readiness.path} within {app.readiness.timeout_s:g} s; "
+                        f"raise [app.readiness] timeout or set its path to a route that answers. Its stderr:\n"
+                        f"{stderr_tail(self.stderr_path)}"
+                    )
+                try:
+                    client.get(url)
+                    if len(self.workers()) >= app.workers:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+
+    def tree(self) -> list[psutil.Process]:
+        """The master and all its descendants alive now."""
+        if not self.proc:
+            return []
+        try:
+            master = psutil.Process(self.proc.pid)
+            return [master, *master.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def workers(self) -> list[psutil.Process]:
+        """Processes that serve requests: the master's children, or the master when it has none."""
+        procs = self.tree()
+        return [p for p in procs[1:] if is_worker(p)] or procs[:1]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 8.0) -> None:
+        """Terminate the master, wait, then kill whatever is left of the tree and its group."""
+        if not self.proc:
+            return
+        procs = self.tree()
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        _, alive = psutil.wait_procs([p for p in procs if p.is_running()], timeout=2.0)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def is_worker(p: psutil.Process) -> bool:
+    """False for helper children (multiprocessing's resource tracker) that serve nothing."""
+    try:
+        return "resource_tracker" not in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

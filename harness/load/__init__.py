@@ -1,0 +1,1 @@
+"""The load side: load shapes, the protocol client, driver processes and their manager."""

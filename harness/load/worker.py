@@ -1,0 +1,460 @@
+"""A driver process: one shard of the load, on its own event loop (uvloop when present).
+
+Contract with the manager (``python -m harness.load.worker``):
+
+* stdin, first line: the shard's plan as JSON (see ``manager.shard_plans``); later
+  lines: ``stop`` ends the run early; end of file (the manager died) does too.
+* stdout: one JSON object per line —
+  ``{"type": "second", "driver": k, "t": s, ...}`` for each second ``s`` since the shared
+  start instant ``t0`` (epoch seconds), ``{"type": "done", ...}`` once at the end, or
+  ``{"type": "error", "message": ...}`` when the shard could not run.
+
+The hot path is callbacks on an ``asyncio.Protocol`` with httptools parsing: no
+coroutine, future or timer per request. Latency is recorded into a log-linear histogram
+(see ``histogram.py``; ``bucket_of`` is inlined here). In the open model latency counts
+from the *scheduled* send time, so a slow server cannot hide queueing (no coordinated
+omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import os
+import signal
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import httptools
+
+OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect-refused", "connection-reset", "other")
+OK, C4XX, C5XX, TIMEOUT, REFUSED, RESET, OTHER = range(len(OUTCOMES))
+LATE_S = 0.010  # a send this much behind its schedule counts as late
+SWEEP_S = 0.1
+
+
+class Second:
+    """What one driver saw during one second."""
+
+    __slots__ = ("sent", "hist", "max_us", "outcomes", "labels", "lag_max", "late", "dropped", "bytes_in")
+
+    def __init__(self, n_labels: int):
+        self.sent = 0
+        self.hist: dict[int, int] = {}
+        self.max_us = 0
+        self.outcomes = [0] * len(OUTCOMES)
+        self.labels = [[0, 0] for _ in range(n_labels)]
+        self.lag_max = 0.0
+        self.late = 0
+        self.dropped = 0
+        self.bytes_in = 0
+
+
+class Conn(asyncio.Protocol):
+    __slots__ = ("d", "owner", "transport", "parser", "busy", "closed", "t_start", "t_sent", "ri")
+
+    def __init__(self, driver: "Driver", owner: Any):
+        self.d = driver
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.busy = False
+        self.closed = False
+        self.t_start = 0.0
+        self.t_sent = 0.0
+        self.ri = 0
+        driver.conns.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.d.cur.bytes_in += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self.busy:
+                self.d.fail(self, OTHER)
+
+    def on_message_complete(self) -> None:
+        if self.busy:
+            self.d.on_response(self, self.parser.get_status_code(), self.parser.should_keep_alive())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.d.open_conns -= 1
+        if self.busy:
+            self.d.fail(self, RESET)
+
+
+class User:
+    __slots__ = ("conn", "done")
+
+    def __init__(self) -> None:
+        self.conn: Conn | None = None
+        self.done = 0
+
+
+class Driver:
+    def __init__(self, plan: dict[str, Any], loop: asyncio.AbstractEventLoop, out: Any):
+        self.plan = plan
+        self.loop = loop
+        self.out = out
+        self.index = int(plan["driver"])
+        self.host, self.port = plan["host"], int(plan["port"])
+        self.timeout = float(plan["timeout_s"])
+        self.requests = [r["bytes"].encode("latin-1") for r in plan["requests"]]
+        self.cycle = plan["cycle"]  # request indices in weighted round-robin order
+        self.cycle_pos = self.index % len(self.cycle)
+        self.cur = Second(len(self.requests))
+        self.conns: list[Conn] = []
+        self.open_conns = 0
+        self.inflight = 0
+        self.dispatch_over = False
+        self.aborted = 0
+        self.totals = [0] * len(OUTCOMES)
+        self.sent_total = 0
+        self.finished = loop.create_future()
+        # one clock for everything: perf_counter, anchored to the shared epoch start t0
+        self.t0p = time.perf_counter() + (float(plan["t0"]) - time.time())
+        self.cpu_mark = (time.perf_counter(), time.process_time())
+        self.second = 0
+        self.users_active = 0
+        self.pending: collections.deque[tuple[float, int]] = collections.deque()
+        self.idle: list[Conn] = []
+
+    # ---------------------------------------------------------------- sending
+
+    def next_request(self) -> int:
+        self.cycle_pos = (self.cycle_pos + 1) % len(self.cycle)
+        return self.cycle[self.cycle_pos]
+
+    def write(self, conn: Conn, ri: int, t_start: float) -> None:
+        conn.busy = True
+        conn.ri = ri
+        conn.t_start = t_start
+        conn.t_sent = time.perf_counter()
+        conn.transport.write(self.requests[ri])  # type: ignore[union-attr]
+
+    def attempt(self, conn: Conn | None, owner: Any, ri: int, t_start: float) -> None:
+        """Send on ``conn`` when it is usable, else open a new connection first."""
+        self.cur.sent += 1
+        self.inflight += 1
+        if conn is not None and not conn.closed:
+            self.write(conn, ri, t_start)
+            return
+        self.open_conns += 1
+        fut = asyncio.ensure_future(
+            asyncio.wait_for(self.loop.create_connection(lambda: Conn(self, owner), self.host, self.port), self.timeout)
+        )
+        fut.add_done_callback(partial(self.connected, owner, ri, t_start))
+
+    def connected(self, owner: Any, ri: int, t_start: float, fut: asyncio.Future) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            self.open_conns -= 1
+            kind = REFUSED if isinstance(exc, ConnectionRefusedError) else (
+                TIMEOUT if isinstance(exc, asyncio.TimeoutError) else RESET if isinstance(exc, ConnectionError) else OTHER
+            )
+            self.count(kind, ri)
+            self.after(None, owner)
+            return
+        _, conn = fut.result()
+        if isinstance(owner, User):
+            owner.conn = conn
+        self.write(conn, ri, t_start)
+
+    # ---------------------------------------------------------------- outcomes
+
+    def count(self, kind: int, ri: int) -> None:
+        self.inflight -= 1
+        cur = self.cur
+        cur.outcomes[kind] += 1
+        label = cur.labels[ri]
+        label[0] += 1
+        if kind:
+            label[1] += 1
+
+    def on_response(self, conn: Conn, status: int, keep_alive: bool) -> None:
+        now = time.perf_counter()
+        conn.busy = False
+        us = int((now - conn.t_start) * 1e6)
+        cur = self.cur
+        b = us if us < 256 else ((us.bit_length() - 8) << 7) + (us >> (us.bit_length() - 8))
+        hist = cur.hist
+        hist[b] = hist.get(b, 0) + 1
+        if us > cur.max_us:
+            cur.max_us = us
+        self.count(OK if status < 400 else C4XX if status < 500 else C5XX, conn.ri)
+        if not keep_alive:
+            conn.closed = True
+            conn.transport.close()  # type: ignore[union-attr]
+        self.after(conn, conn.owner)
+
+    def fail(self, conn: Conn, kind: int) -> None:
+        conn.busy = False
+        conn.closed = True
+        if conn.transport is not None:
+            conn.transport.abort()
+        self.count(kind, conn.ri)
+        self.after(conn, conn.owner)
+
+    def after(self, conn: Conn | None, owner: Any) -> None:
+        if isinstance(owner, User):
+            owner.done += 1
+            self.user_next(owner)
+        else:
+            self.open_next(conn)
+        if self.dispatch_over and self.inflight == 0 and not self.pending and not self.finished.done():
+            self.finished.set_result(None)
+
+    # ---------------------------------------------------------------- closed model
+
+    def start_closed(self) -> None:
+        offsets = self.plan["user_offsets"]
+        self.users_active = len(offsets)
+        for off in offsets:
+            self.loop.call_at(self.loop_time(self.t0p + off), self.user_send, User(), self.t0p + off)
+        if self.plan["duration_s"]:
+            self.loop.call_at(self.loop_time(self.t0p + self.plan["duration_s"]), self.end_dispatch)
+        if not offsets:
+            self.end_dispatch()
+
+    def user_send(self, user: User, intended: float) -> None:
+        if self.dispatch_over:
+            self.user_gone()
+            return
+        now = time.perf_counter()
+        self.note_lag(now - intended)
+        self.attempt(user.conn, user, self.next_request(), now)
+
+    def user_next(self, user: User) -> None:
+        loops = self.plan["loops"]
+        if self.dispatch_over or (loops and user.done >= loops):
+            if user.conn is not None and not user.conn.closed:
+                user.conn.closed = True
+                user.conn.transport.close()  # type: ignore[union-attr]
+            self.user_gone()
+            return
+        think = self.plan["think_time_s"]
+        if think:
+            intended = time.perf_counter() + think
+            self.loop.call_later(think, self.user_send, user, intended)
+        else:
+            self.attempt(user.conn, user, self.next_request(), time.perf_counter())
+
+    def user_gone(self) -> None:
+        self.users_active -= 1
+        if self.users_active <= 0:
+            self.end_dispatch()
+
+    # ---------------------------------------------------------------- open model
+
+    def start_open(self) -> None:
+        self.points = [tuple(p) for p in self.plan["points"]]
+        self.shape_end = self.points[-1][0] if self.points else 0.0
+        self.max_conns = int(self.plan["connections"])
+        self.credit = float(self.plan.get("phase", 0.0))
+        self.last_rel = 0.0
+        self.loop.call_at(self.loop_time(self.t0p), self.tick)
+
+    def rate_at(self, rel: float) -> float:
+        pts = self.points
+        for (t0, r0), (t1, r1) in zip(pts, pts[1:]):
+            if t0 <= rel < t1:
+                return r0 + (r1 - r0) * (rel - t0) / (t1 - t0)
+        return 0.0
+
+    def tick(self) -> None:
+        if self.dispatch_over:
+            return
+        rel = min(time.perf_counter() - self.t0p, self.shape_end)
+        last = self.last_rel
+        if rel > last:
+            # arrivals in (last, rel]: trapezoid of the rate, each placed where the cumulative crosses an integer
+            gain = (self.rate_at(last) + self.rate_at(rel - 1e-9)) / 2 * (rel - last)
+            before = self.credit
+            self.credit += gain
+            n = int(math.floor(self.credit) - math.floor(before))
+            for j in range(1, n + 1):
+                frac = (math.floor(before) + j - before) / gain
+                self.dispatch(self.t0p + last + frac * (rel - last))
+            self.last_rel = rel
+        if rel >= self.shape_end:
+            self.end_dispatch()
+            return
+        self.loop.call_later(0.001, self.tick)
+
+    def dispatch(self, sched: float) -> None:
+        ri = self.next_request()
+        if self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                self.send_scheduled(conn, ri, sched)
+                return
+        if self.open_conns < self.max_conns:
+            self.send_scheduled(None, ri, sched)
+        else:
+            self.pending.append((sched, ri))
+
+    def send_scheduled(self, conn: Conn | None, ri: int, sched: float) -> None:
+        self.note_lag(time.perf_counter() - sched)
+        self.attempt(conn, None, ri, sched)
+
+    def open_next(self, conn: Conn | None) -> None:
+        now = time.perf_counter()
+        while self.pending:
+            sched, ri = self.pending.popleft()
+            if now - sched > self.timeout:
+                self.cur.dropped += 1
+                continue
+            self.send_scheduled(conn, ri, sched)
+            return
+        if conn is not None and not conn.closed:
+            self.idle.append(conn)
+
+    # ---------------------------------------------------------------- shared
+
+    def note_lag(self, lag: float) -> None:
+        cur = self.cur
+        if lag > cur.lag_max:
+            cur.lag_max = lag
+        if lag > LATE_S:
+            cur.late += 1
+
+    def loop_time(self, perf_t: float) -> float:
+        return self.loop.time() + (perf_t - time.perf_counter())
+
+    def end_dispatch(self) -> None:
+        if self.dispatch_over:
+            return
+        self.dispatch_over = True
+        if self.inflight == 0 and not self.pending and not self.finished.done():
+            self.finished.set_result(None)
+
+    def sweep(self) -> None:
+        """Time out requests past the per-request timeout and queued sends past it too."""
+        now = time.perf_counter()
+        for conn in self.conns:
+            if conn.busy and now - conn.t_sent > self.timeout:
+                self.fail(conn, TIMEOUT)
+        self.conns = [c for c in self.conns if not c.closed]
+        while self.pending and now - self.pending[0][0] > self.timeout:
+            self.pending.popleft()
+            self.cur.dropped += 1
+        if self.dispatch_over and self.inflight == 0 and not self.finished.done():
+            self.pending.clear()
+            self.finished.set_result(None)
+        self.loop.call_later(SWEEP_S, self.sweep)
+
+    def flush_second(self) -> None:
+        """Emit the current second and schedule the next flush at the next boundary."""
+        self.emit_second(1.0)
+        self.second += 1
+        self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
+
+    def emit_second(self, span: float) -> None:
+        cur, self.cur = self.cur, Second(len(self.requests))
+        now_w, now_c = time.perf_counter(), time.process_time()
+        wall, cpu = now_w - self.cpu_mark[0], now_c - self.cpu_mark[1]
+        self.cpu_mark = (now_w, now_c)
+        for i, n in enumerate(cur.outcomes):
+            self.totals[i] += n
+        self.sent_total += cur.sent
+        self.emit({
+            "type": "second", "driver": self.index, "t": self.second, "span": round(span, 4),
+            "sent": cur.sent,
+            "outcomes": {OUTCOMES[i]: n for i, n in enumerate(cur.outcomes) if n},
+            "hist": {"b": sorted(cur.hist.items()), "max": cur.max_us},
+            "labels": cur.labels,
+            "lag_max_ms": round(cur.lag_max * 1000, 3), "late": cur.late, "dropped": cur.dropped,
+            "pending": len(self.pending), "conns": self.open_conns, "inflight": self.inflight,
+            "users": self.users_active, "bytes_in": cur.bytes_in,
+            "cpu": round(cpu / wall, 4) if wall > 0 else 0.0,
+        })
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def interrupt(self) -> None:
+        """Stop early: no new sends; what is still in flight a second later is aborted."""
+        self.end_dispatch()
+        self.pending.clear()
+        self.loop.call_later(1.0, self.abort_inflight)
+
+    def abort_inflight(self) -> None:
+        for conn in self.conns:
+            if conn.busy:
+                conn.busy = False
+                self.aborted += 1
+                self.inflight -= 1
+                if conn.transport is not None:
+                    conn.transport.abort()
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    async def run(self) -> None:
+        delay = self.t0p - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.cpu_mark = (time.perf_counter(), time.process_time())
+        self.loop.call_at(self.loop_time(self.t0p + 1), self.flush_second)
+        self.loop.call_later(SWEEP_S, self.sweep)
+        if self.plan["model"] == "closed":
+            self.start_closed()
+        else:
+            self.start_open()
+        await self.finished
+        self.emit_second(max(0.0, time.perf_counter() - (self.t0p + self.second)))
+        self.emit({
+            "type": "done", "driver": self.index, "sent": self.sent_total, "aborted": self.aborted,
+            "outcomes": {OUTCOMES[i]: n for i, n in enumerate(self.totals) if n},
+        })
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed, else the standard one."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def main() -> int:
+    line = sys.stdin.readline()
+    out = sys.stdout
+    try:
+        plan = json.loads(line)
+    except ValueError as e:
+        out.write(json.dumps({"type": "error", "message": f"bad plan on stdin: {e}"}) + "\n")
+        return 2
+    loop = new_loop()
+    asyncio.set_event_loop(loop)
+    driver = Driver(plan, loop, out)
+    stdin_fd = sys.stdin.fileno()
+
+    def on_stdin() -> None:
+        data = os.read(stdin_fd, 4096)
+        if not data or b"stop" in data:
+            loop.remove_reader(stdin_fd)
+            driver.interrupt()
+
+    loop.add_reader(stdin_fd, on_stdin)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, driver.interrupt)
+    try:
+        loop.run_until_complete(driver.run())
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

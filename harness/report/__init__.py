@@ -1,0 +1,1 @@
+"""Renderers: Recording (+ verdict) → str/bytes. They never write files; the CLI does."""

@@ -1,0 +1,90 @@
+"""Matplotlib figures on one shared time axis (Agg backend, imported lazily)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from harness.analysis.series import load_window, proc_series, tcp_series
+from harness.recording import Recording
+
+ERROR_COLORS = {"4xx": "#e6a700", "5xx": "#d62728", "timeout": "#9467bd", "connect-refused": "#8c564b",
+                "connection-reset": "#e377c2", "other": "#7f7f7f"}
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = None) -> bytes:
+    """One PNG: throughput, latency, errors, CPU, RSS, FDs and TCP connections against time."""
+    plt = _pyplot()
+    secs = rec.seconds
+    window = (-5.0, load_window(rec)[1] + 2.0)
+    fig, axes = plt.subplots(7, 1, figsize=(11, 17), sharex=True, constrained_layout=True)
+    ts = [s.t + s.span / 2 for s in secs]
+
+    ax = axes[0]
+    ax.plot(ts, [s.sent / s.span if s.span else 0 for s in secs], label="sent/s (offered)", color="#aaaaaa")
+    if offered:
+        ax.plot([t for t, _ in offered], [r for _, r in offered], label="offered rate", color="#555555", linestyle="--")
+    ax.plot(ts, [s.outcomes.get("ok", 0) / s.span if s.span else 0 for s in secs], label="ok/s (achieved)", color="#1f77b4")
+    ax.set_ylabel("req/s")
+    ax.set_title("Throughput")
+
+    ax = axes[1]
+    for q, color in ((0.5, "#2ca02c"), (0.95, "#ff7f0e"), (0.99, "#d62728")):
+        ax.plot(ts, [s.hist.percentile(q) / 1000 for s in secs], label=f"p{round(q * 100)}", color=color)
+    ax.set_ylabel("ms")
+    ax.set_title("Latency")
+    if any(s.hist.max_us > 0 for s in secs):
+        ax.set_yscale("log")
+
+    ax = axes[2]
+    kinds = sorted({k for s in secs for k in s.outcomes if k != "ok"})
+    for kind in kinds:
+        ax.plot(ts, [s.outcomes.get(kind, 0) / s.span if s.span else 0 for s in secs], label=kind,
+                color=ERROR_COLORS.get(kind))
+    ax.set_ylabel("errors/s")
+    ax.set_title("Errors by kind" + ("" if kinds else " (none)"))
+
+    _per_process(axes[3], rec, "cpu", "cores", "CPU per process (1.0 = one core)", window)
+    _per_process(axes[4], rec, "rss_mb", "MB", "Resident memory", window)
+    _per_process(axes[5], rec, "fds", "open FDs", "File descriptors", window)
+
+    ax = axes[6]
+    for state, pts in sorted(tcp_series(rec).items()):
+        ax.plot([t for t, _ in pts], [n for _, n in pts], label=state, drawstyle="steps-post")
+    ax.set_ylabel("connections")
+    ax.set_title("Server TCP connections by state")
+    ax.set_xlabel("seconds since load start")
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.axvline(0, color="#999999", linewidth=0.8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize=8, ncol=4)
+    axes[0].set_xlim(*window)
+    for e in rec.events:
+        if e.get("t") is not None and e.get("kind") in ("worker-started", "worker-exited", "target-died"):
+            for ax in axes:
+                ax.axvline(e["t"], color="#d62728", linestyle=":", linewidth=1)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _per_process(ax: Any, rec: Recording, metric: str, unit: str, title: str, window: tuple[float, float]) -> None:
+    for role, style in (("worker", "-"), ("master", ":"), ("driver", "--")):
+        for pid, pts in proc_series(rec, role, metric, window).items():
+            ax.plot([t + 0.5 for t, _ in pts], [v for _, v in pts], style, label=f"{role} {pid}")
+    ax.set_ylabel(unit)
+    ax.set_title(title)

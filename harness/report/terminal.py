@@ -1,0 +1,52 @@
+"""The terminal's view of a run: the live progress line and the final summary table."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.runner import Progress
+
+
+def format_progress(p: Progress) -> str:
+    """One line: elapsed / planned, req/s, p99, errors."""
+    planned = f"/{p.planned_s:.0f}" if p.planned_s else ""
+    done = f"  {p.requests:,}/{p.planned_requests:,} req" if p.planned_requests else f"  {p.requests:,} req"
+    return (f"[{p.elapsed_s:6.1f}{planned} s] {p.rps:10,.0f} req/s   p99 {p.p99_ms:8.1f} ms"
+            f"   errors {p.errors:,}{done}")
+
+
+def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> str:
+    """The final summary table as plain text (rich-rendered)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    lat = summary["latency_ms"]
+    res = summary["resources"]
+    err = summary["errors"]
+    table = Table(title=f"{summary['scenario']} — {summary['status']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("server", f"{summary['server']} × {summary['workers']} worker(s)"),
+        ("requests", f"{summary['requests']:,} in {summary['duration_s']:.1f} s"),
+        ("throughput", f"{summary['throughput_rps']:,.1f} req/s"),
+        ("latency ms", "  ".join(f"{k} {lat[k]:.2f}" for k in ("p50", "p90", "p95", "p99", "p999", "max"))),
+        ("errors", f"{err['total']:,} ({err['rate']:.2%})" + (f"  {err['by_kind']}" if err["by_kind"] else "")),
+        ("worker CPU p90", f"{res['worker_cpu_p90']:.2f} cores (busiest worker)"),
+        ("worker RSS max", f"{res['worker_rss_max_mb']:.1f} MB"),
+        ("FDs max", f"{res['fds_max']}"),
+        ("driver CPU p90", f"{res['driver_cpu_p90']:.2f} cores"),
+    ]
+    load = summary.get("load", {})
+    if load.get("dropped") or load.get("late") or load.get("aborted"):
+        rows.append(("driver", f"late {load['late']:,}  dropped {load['dropped']:,}  aborted {load['aborted']:,}"))
+    for e in summary.get("events", []):
+        rows.append(("event", f"t={e.get('t')} {e.get('kind')} {e.get('pid', '')}"))
+    rows.append(("report", run_dir))
+    for k, v in rows:
+        table.add_row(k, v)
+    buf = io.StringIO()
+    Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
+    return buf.getvalue()

@@ -1,0 +1,235 @@
+"""The orchestrator: the only place that owns time and processes.
+
+``run_scenario`` boots (or attaches to) the target, starts the sampler and the drivers,
+reports progress, and tears everything down in reverse order on every exit path. It
+returns the run directory's final status; errors propagate after cleanup with the run
+directory already holding whatever was measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+
+from harness.config import Scenario
+from harness.errors import HarnessError, Interrupted, TargetDiedError, UnreachableError, ConfigError
+from harness.launcher import HOST, Server, raise_fd_limit, stderr_tail
+from harness.load.histogram import Histogram
+from harness.load.manager import DriverFleet, check_driver, default_drivers, shard_plans
+from harness.recording import RunWriter
+from harness.sampling.sampler import Sampler
+
+START_DELAY_S = 1.0  # drivers start together this long after launch (imports take ~0.2 s)
+KEY_PACKAGES = ("fastapi", "starlette", "uvicorn", "gunicorn", "pydantic", "httptools", "uvloop", "sqlalchemy", "psutil")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class Progress:
+    elapsed_s: float
+    planned_s: float | None
+    rps: float
+    p99_ms: float
+    requests: int
+    errors: int
+    planned_requests: int | None
+
+
+class LiveStats:
+    """Running totals from driver records, for the progress line (bounded memory)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.last_t = -1
+        self._window: dict[int, tuple[int, Histogram, float]] = {}
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record.get("type") != "second":
+            return
+        outcomes = record.get("outcomes", {})
+        n = sum(outcomes.values())
+        self.requests += n
+        self.errors += n - outcomes.get("ok", 0)
+        t = int(record["t"])
+        count, hist, span = self._window.get(t, (0, Histogram(), 0.0))
+        self._window[t] = (count + n, hist.merge(Histogram.from_json(record.get("hist"))), max(span, record.get("span", 1.0)))
+        self.last_t = max(self.last_t, t)
+        for old in [k for k in self._window if k < self.last_t - 3]:
+            del self._window[old]
+
+    def latest(self) -> tuple[float, float]:
+        """(req/s, p99 ms) of the newest second seen."""
+        if self.last_t < 0:
+            return 0.0, 0.0
+        count, hist, span = self._window[self.last_t]
+        return count / max(span, 1e-3), hist.percentile(0.99) / 1000.0
+
+
+def machine_info() -> dict[str, Any]:
+    """The host, interpreter and key package versions, for run.json."""
+    versions = {}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "harness_packages": versions,
+    }
+
+
+def check_url(url: str, allow_remote: bool) -> tuple[str, int]:
+    """(host, port) of a running target; refuses non-loopback hosts unless allowed."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ConfigError(f"--url {url!r}: expected http://HOST:PORT (plain HTTP/1.1), e.g. http://127.0.0.1:8000")
+    host, port = parts.hostname, parts.port or 80
+    if host not in LOOPBACK and not allow_remote:
+        raise ConfigError(
+            f"--url {url!r} is not on loopback; load goes to 127.0.0.1 by default. "
+            "Pass --allow-remote if you really mean to load another host you own"
+        )
+    try:
+        httpx.get(f"http://{host}:{port}/", timeout=3.0)
+    except httpx.HTTPError as e:
+        raise UnreachableError(
+            f"nothing answers at {url} ({type(e).__name__}); start the server first or fix --url"
+        ) from None
+    return ("127.0.0.1" if host == "localhost" else host), port
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into Interrupted (SIGINT is KeyboardInterrupt already) in the main thread."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Interrupted("stopped by SIGTERM; partial results kept")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Ignore further Ctrl-C/SIGTERM while tearing down, so cleanup always completes."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])
+
+
+def run_scenario(
+    scenario: Scenario,
+    run_dir: Path,
+    progress: Callable[[Progress], None] = lambda p: None,
+    allow_remote: bool = False,
+    drivers: int = 0,
+) -> str:
+    """Run ``scenario`` recording into ``run_dir``; return the final status ("completed")."""
+    writer = RunWriter(run_dir)
+    limits = raise_fd_limit()
+    writer.write_run(
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        status="starting",
+        machine=machine_info(),
+        scenario=scenario.to_dict(),
+        limits={"nofile_soft_before": limits.soft_before, "nofile_soft": limits.soft, "nofile_hard": limits.hard},
+    )
+    status = "failed"
+    try:
+        with signals_as_interrupts():
+            try:
+                _drive(scenario, writer, progress, allow_remote, drivers or scenario.load.drivers or default_drivers())
+                status = "completed"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise Interrupted("interrupted by Ctrl-C; partial results kept") from None
+            except Interrupted:
+                status = "interrupted"
+                raise
+            except TargetDiedError:
+                status = "target-died"
+                raise
+    finally:
+        with shielded():
+            writer.write_run(status=status, ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            writer.close()
+    return status
+
+
+def _drive(scenario: Scenario, writer: RunWriter, progress: Callable[[Progress], None], allow_remote: bool, k: int) -> None:
+    live = LiveStats()
+    stack = contextlib.ExitStack()
+    try:
+        server: Server | None = None
+        if scenario.url:
+            host, port = check_url(scenario.url, allow_remote)
+            server_pid = scenario.pid
+            writer.write_run(server={"kind": "external", "url": scenario.url, "pid": scenario.pid or None})
+        else:
+            server = Server(scenario.app, writer.path)
+            writer.write_run(server={"kind": scenario.app.server, "workers": scenario.app.workers})
+            stack.enter_context(server)
+            host, port, server_pid = HOST, server.port, server.pid
+            writer.write_run(server={
+                "kind": scenario.app.server, "workers": scenario.app.workers, "command": server.command,
+                "pid": server.pid, "url": server.url,
+            })
+
+        t0 = time.time() + START_DELAY_S
+        plans = shard_plans(scenario, host, port, t0, k)
+        writer.write_run(t0=t0, drivers=len(plans))
+        fleet = DriverFleet(plans, lambda r: (writer.append("driver.jsonl", r), live.add(r)), writer.path)
+        sampler = Sampler(
+            server_pid=lambda: server_pid, driver_pids=lambda: fleet.pids, t0=t0,
+            interval_s=scenario.sampling.interval_s,
+            on_sample=lambda s: writer.append("samples.jsonl", s),
+            on_event=lambda e: writer.append("events.jsonl", e),
+        )
+        sampler.start()
+        stack.callback(sampler.stop)
+        stack.enter_context(fleet)
+        planned_s = scenario.planned_duration_s
+        while not fleet.finished():
+            if server is not None and not server.alive():
+                writer.append("events.jsonl", {"t": round(time.time() - t0, 3), "kind": "target-died"})
+                raise TargetDiedError(
+                    f"the target exited mid-run (code {server.proc.returncode}); partial results kept. "
+                    f"Its stderr:\n{stderr_tail(server.stderr_path)}"
+                )
+            check_driver(fleet)
+            rps, p99 = live.latest()
+            progress(Progress(max(0.0, time.time() - t0), planned_s, rps, p99, live.requests, live.errors,
+                              scenario.planned_requests))
+            time.sleep(0.25)
+        check_driver(fleet)
+    except (KeyboardInterrupt, HarnessError) as e:
+        writer.append("events.jsonl", {"t": None, "kind": "stopped", "why": type(e).__name__})
+        raise
+    finally:
+        with shielded():
+            stack.close()

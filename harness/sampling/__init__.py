@@ -1,0 +1,1 @@
+"""Resource sampling of every process involved: the server tree, the drivers, the host."""

@@ -1,0 +1,141 @@
+"""A thread that samples the processes of a run with psutil, re-listing the server tree each tick.
+
+uvicorn and gunicorn respawn workers, so PIDs are never assumed stable: every tick asks
+the master for its children again, and a PID that appears or vanishes becomes an event.
+"""
+
+from __future__ import annotations
+
+import collections
+import resource
+import threading
+import time
+from typing import Callable
+
+import psutil
+
+from harness.launcher import is_worker
+
+CONN_EVERY_S = 1.0  # listing TCP connections reads /proc/net/tcp: once a second is plenty
+
+
+class Sampler(threading.Thread):
+    """Calls ``on_sample(dict)`` every ``interval_s`` and ``on_event(dict)`` on worker churn."""
+
+    def __init__(
+        self,
+        server_pid: Callable[[], int],
+        driver_pids: Callable[[], list[int]],
+        t0: float,
+        interval_s: float,
+        on_sample: Callable[[dict], None],
+        on_event: Callable[[dict], None],
+    ):
+        super().__init__(name="sampler", daemon=True)
+        self.server_pid = server_pid
+        self.driver_pids = driver_pids
+        self.t0 = t0
+        self.interval_s = interval_s
+        self.on_sample = on_sample
+        self.on_event = on_event
+        self._halt = threading.Event()
+        self._procs: dict[int, psutil.Process] = {}
+        self._workers_seen: set[int] = set()
+        self._last_conns = 0.0
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=5.0)
+
+    def run(self) -> None:
+        psutil.cpu_percent(percpu=True)
+        next_tick = time.monotonic()
+        while not self._halt.is_set():
+            try:
+                self.on_sample(self.sample())
+            except Exception as e:  # a sampling hiccup must never end the run
+                self.errors[type(e).__name__] += 1
+            next_tick += self.interval_s
+            self._halt.wait(max(0.0, next_tick - time.monotonic()))
+
+    def _proc(self, pid: int) -> psutil.Process:
+        p = self._procs.get(pid)
+        if p is None:
+            p = self._procs[pid] = psutil.Process(pid)
+            p.cpu_percent()
+        return p
+
+    def roles(self) -> list[tuple[int, str]]:
+        """(pid, role) of every process to sample now."""
+        out: list[tuple[int, str]] = []
+        master = self.server_pid()
+        if master:
+            try:
+                m = self._proc(master)
+                children = [c for c in m.children(recursive=True) if is_worker(c)]
+                if children:
+                    out.append((master, "master"))
+                    out += [(c.pid, "worker") for c in children]
+                else:
+                    out.append((master, "worker"))
+            except psutil.NoSuchProcess:
+                pass
+        out += [(pid, "driver") for pid in self.driver_pids()]
+        return out
+
+    def sample(self) -> dict:
+        now = time.time()
+        with_conns = now - self._last_conns >= CONN_EVERY_S
+        if with_conns:
+            self._last_conns = now
+        procs = []
+        live: set[int] = set()
+        for pid, role in self.roles():
+            try:
+                procs.append(self._measure(self._proc(pid), role, with_conns))
+                live.add(pid)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                self._procs.pop(pid, None)
+            except psutil.AccessDenied:
+                self.errors["AccessDenied"] += 1
+        workers = {p["pid"] for p in procs if p["role"] == "worker"}
+        t = round(now - self.t0, 3)
+        for pid in sorted(workers - self._workers_seen):
+            if self._workers_seen:
+                self.on_event({"t": t, "kind": "worker-started", "pid": pid})
+        for pid in sorted(self._workers_seen - workers):
+            self.on_event({"t": t, "kind": "worker-exited", "pid": pid})
+        self._workers_seen = workers or self._workers_seen
+        for pid in list(self._procs):
+            if pid not in live:
+                self._procs.pop(pid, None)
+        return {
+            "t": t,
+            "procs": procs,
+            "host_cpu": [round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True)],
+            "load": [round(x, 2) for x in psutil.getloadavg()],
+        }
+
+    def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> dict:
+        with p.oneshot():
+            ctx = p.num_ctx_switches()
+            rec = {
+                "pid": p.pid,
+                "role": role,
+                "cpu": round(p.cpu_percent() / 100.0, 4),
+                "rss_mb": round(p.memory_info().rss / 2**20, 2),
+                "fds": p.num_fds(),
+                "threads": p.num_threads(),
+                "ctx_vol": ctx.voluntary,
+                "ctx_invol": ctx.involuntary,
+            }
+        try:
+            rec["fd_limit"] = p.rlimit(resource.RLIMIT_NOFILE)[0]
+        except (psutil.AccessDenied, AttributeError):
+            pass
+        if with_conns:
+            states = collections.Counter(c.status for c in p.net_connections(kind="tcp"))
+            rec["tcp"] = dict(states)
+        return rec
