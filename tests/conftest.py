@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+def harness_cmd(*args: str) -> list[str]:
+    """The CLI as a user runs it, with this checkout's interpreter."""
+    return [sys.executable, "-m", "harness", *args]
+
+
+LEFTOVER_MARKS = ("harness.load.worker", "uvicorn", "gunicorn", "sample_app", "tests/apps", "postgres")
+
+
+def _suspects() -> dict[int, psutil.Process]:
+    """Our descendants, plus any process that looks like a server or driver (orphans escape the tree)."""
+    me = psutil.Process()
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or ())
+        if p.pid != me.pid and any(mark in cmd for mark in LEFTOVER_MARKS):
+            found[p.pid] = p
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes():
+    """Every process a test (or the harness it runs) starts must be gone when it ends."""
+    before = set(_suspects())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [p for pid, p in _suspects().items() if pid not in before and _alive(p)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for p in left:
+        p.kill()
+    assert not left, f"processes left behind: {[(p.pid, _cmd(p)) for p in left]}"
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmd(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:120]
+    except psutil.Error:
+        return "?"
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    """Environment for CLI subprocesses: this checkout importable, no colour codes."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+
+
+@pytest.fixture
+def data_copy(tmp_path):
+    """A writable copy of a committed recording under tests/data/."""
+
+    def copy(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(DATA / name, dst)
+        return dst
+
+    return copy
