@@ -80,7 +80,21 @@ def test_open_model_offers_the_planned_arrivals(tmp_path, env):
     assert summary["requests"] == summary["load"]["sent"]
 
 
-def test_sigint_mid_run_keeps_a_partial_report(tmp_path, env):
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_factory_app_under_each_server(tmp_path, env, server):
+    scenario = write_scenario(tmp_path / "factory.toml", "factory_app:create_app", APPS, 'users = 4\nduration = "2s"',
+                              "/pid", extra=f'factory = true\nserver = "{server}"\nworkers = 2')
+    out = tmp_path / "run"
+    p = run_cli(env, "run", str(scenario), "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["server"] == server and summary["workers"] == 2 and summary["errors"]["total"] == 0
+    roles = {p["role"] for s in Recording.load(out).samples for p in s["procs"]}
+    assert roles == {"master", "worker", "driver"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_keeps_a_partial_report(tmp_path, env, sig):
     out = tmp_path / "run"
     proc = subprocess.Popen(harness_cmd("run", SMOKE, "--duration", "60s", "--out", str(out), "--quiet"),
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -89,14 +103,14 @@ def test_sigint_mid_run_keeps_a_partial_report(tmp_path, env):
         while _lines(out / "driver.jsonl") < 2:  # wait for two seconds of real load
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert ("Ctrl-C" if sig == signal.SIGINT else "SIGTERM") in stderr and "Traceback" not in stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["requests"] > 0
     assert summary["requests"] + summary["load"]["aborted"] == summary["load"]["sent"]
