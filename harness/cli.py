@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--rate", type=float, help="open model: arrivals per second")
     over.add_argument("--duration", help='how long to drive load, e.g. "30s"')
     over.add_argument("--drivers", type=int, help="load-generator processes (default: a quarter of the CPUs)")
+    over.add_argument("--no-agent", action="store_true", help="run the app without the in-process agent (outside view only)")
     over.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                       help="set any scenario field, e.g. --set app.env.LOG_LEVEL=debug")
     out = run.add_argument_group("output")
@@ -67,6 +68,8 @@ def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, A
         value = getattr(args, flag)
         if value is not None:
             o[path] = value
+    if args.no_agent:
+        o["app.agent"] = False
     for item in args.set:
         path, sep, value = item.partition("=")
         if not sep or not path:

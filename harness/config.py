@@ -41,6 +41,8 @@ class AppConfig:
     loop: str = "auto"
     port: int = 0
     access_log: bool = False
+    agent: bool = True
+    fd_limit: int = 0
     env: dict[str, str] = field(default_factory=dict)
     readiness: Readiness = Readiness()
 
@@ -94,6 +96,23 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class AgentConfig:
+    stall_threshold_ms: float = 25.0
+    hotspot_hz: float = 50.0
+    profile_at_s: float = 0.0
+    profile_for_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = ""  # a PostgreSQL DSN the sampler watches (pg_stat_activity), or any DB URL with a port
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     app: AppConfig
@@ -101,6 +120,8 @@ class Scenario:
     requests: tuple[RequestSpec, ...]
     slo: Slo = Slo()
     sampling: SamplingConfig = SamplingConfig()
+    agent: AgentConfig = AgentConfig()
+    database: DatabaseConfig = DatabaseConfig()
     url: str = ""  # an already-running target; empty means "boot app"
     pid: int = 0  # that target's process, sampled when given
     source: str = ""
@@ -241,6 +262,8 @@ APP_FIELDS = {
     "loop": _Field("loop", _choice(LOOPS), 'loop = "uvloop"'),
     "port": _Field("port", _int(0), "port = 8000"),
     "access_log": _Field("access_log", _bool, "access_log = false"),
+    "agent": _Field("agent", _bool, "agent = false"),
+    "fd_limit": _Field("fd_limit", _int(16), "fd_limit = 256"),
     "env": _Field("env", _str_table, 'env = { LOG_LEVEL = "info" }'),
 }
 READINESS_FIELDS = {
@@ -281,7 +304,16 @@ SLO_FIELDS = {
 SAMPLING_FIELDS = {
     "interval": _Field("interval_s", _duration(True), 'interval = "100ms"'),
 }
-TOP_FIELDS = {"name", "app", "load", "requests", "slo", "sampling"}
+AGENT_FIELDS = {
+    "stall_threshold": _Field("stall_threshold_ms", lambda v: _duration(True)(v) * 1000.0, 'stall_threshold = "25ms"'),
+    "hotspot_hz": _Field("hotspot_hz", _number(0), "hotspot_hz = 50"),
+    "profile_at": _Field("profile_at_s", _duration(False), 'profile_at = "5s"'),
+    "profile_for": _Field("profile_for_s", _duration(True), 'profile_for = "5s"'),
+}
+DATABASE_FIELDS = {
+    "url": _Field("url", _str, 'url = "postgresql://user@127.0.0.1:5432/app"'),
+}
+TOP_FIELDS = {"name", "app", "load", "requests", "slo", "sampling", "agent", "database"}
 
 # What `fastapi-harness run` does with no scenario: scenarios/smoke.toml, embedded (a test keeps them equal).
 DEFAULT_SCENARIO: dict[str, Any] = {
@@ -420,6 +452,8 @@ def build_scenario(
         requests=tuple(requests),
         slo=Slo(**r.table(raw.get("slo"), "[slo]", SLO_FIELDS)),
         sampling=SamplingConfig(**r.table(raw.get("sampling"), "[sampling]", SAMPLING_FIELDS)),
+        agent=AgentConfig(**r.table(raw.get("agent"), "[agent]", AGENT_FIELDS)),
+        database=DatabaseConfig(**r.table(raw.get("database"), "[database]", DATABASE_FIELDS)),
         url=str(raw.get("url") or ""),
         pid=int(raw.get("pid") or 0),
         source=source,

@@ -7,7 +7,8 @@ Hierarchy::
     ├── TargetError              the target cannot be booted or reached
     │   ├── BootError            the app failed to import or start
     │   ├── PortInUseError       the requested port is taken
-    │   └── UnreachableError     --url does not answer
+    │   ├── UnreachableError     --url does not answer
+    │   └── DatabaseError        the scenario's database cannot be reached
     ├── TargetDiedError          the target died mid-run (exit 1; partial results kept)
     ├── DriverError              a load process failed (exit 1)
     └── Interrupted              Ctrl-C or SIGTERM (exit 130; partial results kept)
@@ -39,6 +40,10 @@ class PortInUseError(TargetError):
 
 
 class UnreachableError(TargetError):
+    pass
+
+
+class DatabaseError(TargetError):
     pass
 
 

@@ -7,6 +7,8 @@ kills every process left in the tree and in its process group.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -22,10 +24,14 @@ from typing import Any
 import httpx
 import psutil
 
-from harness.config import AppConfig
+from harness.config import AgentConfig, AppConfig
 from harness.errors import BootError, ConfigError, PortInUseError
 
 HOST = "127.0.0.1"
+AGENT_PACKAGE = "fastapi_harness_agent"
+AGENT_FACTORY = f"{AGENT_PACKAGE}.boot:create_app"
+AGENT_ENV = "FASTAPI_HARNESS_AGENT"
+RUN_DIR_ENV = "FASTAPI_HARNESS_RUN_DIR"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,24 @@ def server_command(app: AppConfig, python: str, port: int) -> list[str]:
     return cmd
 
 
+def install_agent(run_dir: Path) -> Path:
+    """Copy the agent package into the run directory; return the folder to put on the app's path.
+
+    A copy (not the installed harness) keeps the app's interpreter free of the harness's
+    dependencies, and records exactly which agent ran.
+    """
+    dest = run_dir / ".agent"
+    shutil.copytree(Path(__file__).parent / "agent", dest / AGENT_PACKAGE, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def agent_options(app: AppConfig, agent: AgentConfig, run_dir: Path) -> dict[str, object]:
+    """What the agent reads from its environment variable."""
+    return {"target": app.target, "factory": app.factory, "run_dir": str(run_dir),
+            "stall_ms": agent.stall_threshold_ms, "hot_hz": agent.hotspot_hz}
+
+
 def stderr_tail(path: Path, lines: int = 12) -> str:
     """The last lines of a log file, indented for an error message."""
     try:
@@ -113,15 +137,17 @@ def stderr_tail(path: Path, lines: int = 12) -> str:
 class Server:
     """The target's server tree: master plus workers (or one process for a single worker)."""
 
-    def __init__(self, app: AppConfig, run_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, app: AppConfig, run_dir: Path, agent: AgentConfig | None = None,
+                 env: dict[str, str] | None = None):
         self.app = app
-        self.run_dir = run_dir
+        self.run_dir = run_dir.resolve()
+        self.agent = agent if app.agent else None
         self.extra_env = env or {}
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.command: list[str] = []
-        self.stdout_path = run_dir / "server.stdout.log"
-        self.stderr_path = run_dir / "server.stderr.log"
+        self.stdout_path = self.run_dir / "server.stdout.log"
+        self.stderr_path = self.run_dir / "server.stderr.log"
 
     @property
     def url(self) -> str:
@@ -151,13 +177,20 @@ class Server:
         if app.port:
             check_port_free(app.port)
         self.port = app.port or free_port()
-        self.command = server_command(app, python, self.port)
-        env = {**os.environ, **app.env, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **app.env, **self.extra_env, "PYTHONUNBUFFERED": "1", RUN_DIR_ENV: str(self.run_dir)}
+        booted = app
+        if self.agent is not None:
+            path = install_agent(self.run_dir)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH", "")]))
+            env[AGENT_ENV] = json.dumps(agent_options(app, self.agent, self.run_dir))
+            booted = dataclasses.replace(app, target=AGENT_FACTORY, factory=True)
+        self.command = server_command(booted, python, self.port)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             # its own session: a terminal Ctrl-C reaches only the harness, which then stops the tree in order
             self.proc = subprocess.Popen(
                 self.command, cwd=app.app_dir, env=env, stdout=out, stderr=err,
                 stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_fd_limiter(app.fd_limit) if app.fd_limit else None,
             )
 
     def wait_ready(self) -> None:
@@ -228,6 +261,16 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+def _fd_limiter(limit: int):  # -> Callable[[], None]
+    """Lower the server's soft RLIMIT_NOFILE (runs in the child before exec; no threads exist yet)."""
+
+    def apply() -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
+
+    return apply
 
 
 def is_worker(p: psutil.Process) -> bool:

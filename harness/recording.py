@@ -7,6 +7,9 @@ so a crash or Ctrl-C keeps what was measured)::
     driver.jsonl        one record per driver per second (see harness/load/worker.py)
     samples.jsonl       one psutil sample per tick: processes by role, host CPU per core
     events.jsonl        worker started/exited, target died, interrupted, ...
+    db.jsonl            the database server, once a second (PostgreSQL: pg_stat_activity by state)
+    agent-PID.jsonl     each worker's in-process agent (format: harness/agent/__init__.py)
+    profile-PID-N-*     profiles taken on command (pyinstrument HTML/JSON, yappi tables)
     server.*.log        the server's stdout and stderr
     driver-K.stderr.log each driver's stderr
     summary.json, report.html   written by the CLI from the Recording
@@ -27,6 +30,9 @@ from harness.errors import ConfigError
 from harness.load.histogram import Histogram
 
 RUN_JSON, DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL = "run.json", "driver.jsonl", "samples.jsonl", "events.jsonl"
+DB_JSONL = "db.jsonl"
+AGENT_CONTROL = "agent-control.json"  # {"id": n, "seconds": s}: the agents profile a window when id grows
+AGENT_GLOB = "agent-*.jsonl"  # one per worker PID, written by the in-process agent (harness/agent)
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,14 @@ class Recording:
     driver_records: tuple[dict[str, Any], ...] = ()
     samples: tuple[dict[str, Any], ...] = ()
     events: tuple[dict[str, Any], ...] = ()
+    agents: dict[int, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    db: tuple[dict[str, Any], ...] = ()
     path: Path | None = field(default=None, compare=False)
+
+    @property
+    def t0(self) -> float:
+        """The epoch instant the load started; every relative time counts from it."""
+        return float(self.run.get("t0", 0.0))
 
     @cached_property
     def seconds(self) -> tuple[Second, ...]:
@@ -130,6 +143,8 @@ class Recording:
             driver_records=tuple(read_jsonl(p / DRIVER_JSONL)),
             samples=tuple(read_jsonl(p / SAMPLES_JSONL)),
             events=tuple(read_jsonl(p / EVENTS_JSONL)),
+            agents={int(f.stem.split("-", 1)[1]): tuple(read_jsonl(f)) for f in sorted(p.glob(AGENT_GLOB))},
+            db=tuple(read_jsonl(p / DB_JSONL)),
             path=p,
         )
 
@@ -138,7 +153,9 @@ class Recording:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         (p / RUN_JSON).write_text(json.dumps(self.run, indent=2, default=str))
-        for name, rows in ((DRIVER_JSONL, self.driver_records), (SAMPLES_JSONL, self.samples), (EVENTS_JSONL, self.events)):
+        streams = [(DRIVER_JSONL, self.driver_records), (SAMPLES_JSONL, self.samples), (EVENTS_JSONL, self.events),
+                   (DB_JSONL, self.db)] + [(f"agent-{pid}.jsonl", rows) for pid, rows in self.agents.items()]
+        for name, rows in streams:
             with open(p / name, "w") as f:
                 for row in rows:
                     f.write(json.dumps(row, separators=(",", ":")) + "\n")
@@ -166,7 +183,7 @@ class RunWriter:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, IO[str]] = {
-            name: open(path / name, "a", buffering=1) for name in (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL)
+            name: open(path / name, "a", buffering=1) for name in (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL, DB_JSONL)
         }
         self._lock = threading.Lock()
         self.run: dict[str, Any] = {}

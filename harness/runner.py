@@ -9,6 +9,7 @@ directory already holding whatever was measured.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import signal
@@ -29,7 +30,8 @@ from harness.errors import HarnessError, Interrupted, TargetDiedError, Unreachab
 from harness.launcher import HOST, Server, raise_fd_limit, stderr_tail
 from harness.load.histogram import Histogram
 from harness.load.manager import DriverFleet, check_driver, default_drivers, shard_plans
-from harness.recording import RunWriter
+from harness.recording import AGENT_CONTROL, RunWriter
+from harness.sampling.database import PgWatcher, check_postgres, db_port
 from harness.sampling.sampler import Sampler
 
 START_DELAY_S = 1.0  # drivers start together this long after launch (imports take ~0.2 s)
@@ -117,6 +119,27 @@ def check_url(url: str, allow_remote: bool) -> tuple[str, int]:
     return ("127.0.0.1" if host == "localhost" else host), port
 
 
+def request_profile(run_dir: Path, ident: int, seconds: float) -> None:
+    """Ask every worker's agent to profile the next ``seconds`` (the agents poll this file)."""
+    tmp = run_dir / (AGENT_CONTROL + ".tmp")
+    tmp.write_text(json.dumps({"id": ident, "seconds": seconds}))
+    tmp.replace(run_dir / AGENT_CONTROL)
+
+
+def wait_for_profiles(run_dir: Path, pids: list[int], timeout_s: float) -> None:
+    """Keep the target up until each worker has written its requested profile (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    waiting = set(pids)
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            try:
+                if '"type":"profile"' in (run_dir / f"agent-{pid}.jsonl").read_text():
+                    waiting.discard(pid)
+            except OSError:
+                pass
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """Turn SIGTERM into Interrupted (SIGINT is KeyboardInterrupt already) in the main thread."""
@@ -186,12 +209,15 @@ def _drive(scenario: Scenario, writer: RunWriter, progress: Callable[[Progress],
     stack = contextlib.ExitStack()
     try:
         server: Server | None = None
+        database = scenario.database
+        if database.is_postgres:
+            writer.write_run(database={"url": database.url, "max_connections": check_postgres(database.url)})
         if scenario.url:
             host, port = check_url(scenario.url, allow_remote)
             server_pid = scenario.pid
             writer.write_run(server={"kind": "external", "url": scenario.url, "pid": scenario.pid or None})
         else:
-            server = Server(scenario.app, writer.path)
+            server = Server(scenario.app, writer.path, scenario.agent)
             writer.write_run(server={"kind": scenario.app.server, "workers": scenario.app.workers})
             stack.enter_context(server)
             host, port, server_pid = HOST, server.port, server.pid
@@ -209,12 +235,23 @@ def _drive(scenario: Scenario, writer: RunWriter, progress: Callable[[Progress],
             interval_s=scenario.sampling.interval_s,
             on_sample=lambda s: writer.append("samples.jsonl", s),
             on_event=lambda e: writer.append("events.jsonl", e),
+            db_port=db_port(database.url) if database.url else None,
         )
         sampler.start()
         stack.callback(sampler.stop)
+        if database.is_postgres:
+            watcher = PgWatcher(database.url, t0, lambda r: writer.append("db.jsonl", r))
+            watcher.start()
+            stack.callback(watcher.stop)
+        profile_at = scenario.agent.profile_at_s if server is not None and scenario.app.agent else 0.0
         stack.enter_context(fleet)
         planned_s = scenario.planned_duration_s
         while not fleet.finished():
+            if profile_at and time.time() - t0 >= profile_at:
+                request_profile(writer.path, 1, scenario.agent.profile_for_s)
+                writer.append("events.jsonl", {"t": round(time.time() - t0, 3), "kind": "profile-requested",
+                                               "seconds": scenario.agent.profile_for_s})
+                profile_at = 0.0
             if server is not None and not server.alive():
                 writer.append("events.jsonl", {"t": round(time.time() - t0, 3), "kind": "target-died"})
                 raise TargetDiedError(
@@ -227,6 +264,8 @@ def _drive(scenario: Scenario, writer: RunWriter, progress: Callable[[Progress],
                               scenario.planned_requests))
             time.sleep(0.25)
         check_driver(fleet)
+        if profile_at == 0.0 and scenario.agent.profile_at_s and server is not None and scenario.app.agent:
+            wait_for_profiles(writer.path, [p.pid for p in server.workers()], scenario.agent.profile_for_s + 10)
     except (KeyboardInterrupt, HarnessError) as e:
         writer.append("events.jsonl", {"t": None, "kind": "stopped", "why": type(e).__name__})
         raise

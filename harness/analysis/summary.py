@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.analysis import inside
 from harness.analysis.series import load_window, max_of, p90_of_busiest, proc_series, role_pids
 from harness.load.histogram import STANDARD_QUANTILES, Histogram
 from harness.recording import Recording
@@ -56,5 +57,49 @@ def summarize(rec: Recording, verdict: dict[str, Any] | None = None) -> dict[str
             "driver_cpu_p90": round(p90_of_busiest(driver_cpu), 3),
         },
         "events": [e for e in rec.events if e.get("kind") != "stopped"],
+        "agent": summarize_inside(rec, window),
         "verdict": verdict,
+    }
+
+
+def summarize_inside(rec: Recording, window: tuple[float, float]) -> dict[str, Any] | None:
+    """The agents' view in brief: loop lag, stall sites, hotspots, threadpool, pools, GC, profiles."""
+    cover = inside.coverage(rec)
+    if not cover["enabled"]:
+        return None
+    lag = inside.loop_lag(rec)
+    categories, top = inside.hotspots(rec, window)
+    tp = [pt for pts in inside.threadpool(rec).values() for pt in pts]
+    pools = []
+    for (pid, pool_id), pts in inside.pools(rec).items():
+        acquire = Histogram.merged(p.acquire for p in pts)
+        pools.append({
+            "pid": pid, "id": pool_id, "size": pts[-1].size, "max_overflow": pts[-1].max_overflow,
+            "checked_out_max": max(p.checked_out for p in pts), "acquires": acquire.count,
+            "acquire_p99_ms": round(acquire.percentile(0.99) / 1000, 3), "acquire_max_ms": round(acquire.max_us / 1000, 3),
+            "timeouts": sum(p.timeouts for p in pts),
+        })
+    return {
+        **cover,
+        "loop_lag_ms": {
+            "p99_worst_second": round(max((p99 for pts in lag.values() for _, _, p99, _ in pts), default=0.0), 2),
+            "max": round(max((m for pts in lag.values() for _, _, _, m in pts), default=0.0), 2),
+        },
+        "stall_sites": [
+            {"file": s.site[0] if s.site else None, "line": s.site[1] if s.site else None,
+             "function": s.site[2] if s.site else None, "kind": s.kind, "count": s.count,
+             "total_ms": s.total_ms, "longest_ms": s.longest_ms, "share": s.share}
+            for s in inside.stall_sites(rec)[:5]
+        ],
+        "hotspots": inside.busy_shares(categories),
+        "top_frames": [{"category": c, "where": w, "cpu_ms": ms} for c, w, ms in top[:5]],
+        "threadpool_hotspots": inside.busy_shares(inside.hotspots(rec, window, source="pool")[0]),
+        "threadpool": {
+            "total": max((t for _, t, _, _ in tp), default=0),
+            "borrowed_max": max((b for _, _, b, _ in tp), default=0),
+            "waiting_max": max((w for _, _, _, w in tp), default=0),
+        } if tp else None,
+        "pools": pools,
+        "gc_pause_ms_max_per_s": round(max(inside.gc_pause_ms(rec).values(), default=0.0), 3),
+        "profiles": inside.profiles(rec),
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.load.shapes import OpenShape
 from harness.recording import Recording
-from harness.report.plots import timeline_png
+from harness.report.plots import inside_png, timeline_png
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
@@ -36,6 +36,53 @@ def offered_curve(rec: Recording) -> list[tuple[float, float]] | None:
     cfg = LoadConfig(**{**load, "stages": stages})
     shape: OpenShape = open_shape(cfg)
     return list(shape.points)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
+    """The agents' section: coverage, stall sites, hotspots, pools, threadpool, profiles, plots."""
+    agent = summary.get("agent")
+    if not agent:
+        return "<h2>Inside the workers</h2><p class='muted'>The in-process agent was off for this run.</p>"
+    parts = ["<h2>Inside the workers</h2>"]
+    if agent["missing"] or agent["gaps"]:
+        parts.append("<p class='verdict'>Agent coverage is incomplete: "
+                     + html.escape(f"no stream from worker(s) {agent['missing']}; " if agent["missing"] else "")
+                     + html.escape("; ".join(f"worker {g['pid']} lost {g['lost']} records ({g['error']})" for g in agent["gaps"]))
+                     + "</p>")
+    png = inside_png(rec)
+    if png:
+        parts.append(f"<img alt='loop lag, threadpool, pools, GC' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts.append("<h3>Event-loop stall sites</h3>" + (_table(
+        ["site", "function", "kind", "stalls", "total ms", "longest ms", "share"],
+        [[f"{s['file']}:{s['line']}" if s["file"] else "(no app frame)", s["function"] or "", s["kind"], s["count"],
+          s["total_ms"], s["longest_ms"], f"{s['share']:.0%}"] for s in agent["stall_sites"]],
+    ) if agent["stall_sites"] else "<p class='muted'>No stall longer than the threshold.</p>"))
+    parts.append("<h3>Hotspots (share of the event-loop thread's busy CPU time)</h3>" + _table(
+        ["category", "share"], [[k, f"{v:.0%}"] for k, v in agent["hotspots"].items()]))
+    parts.append(_table(["category", "where", "CPU ms"], [[f["category"], f["where"], f["cpu_ms"]] for f in agent["top_frames"]]))
+    if agent["threadpool_hotspots"]:
+        parts.append("<p>Threadpool threads' busy time: " + html.escape(
+            ", ".join(f"{k} {v:.0%}" for k, v in agent["threadpool_hotspots"].items())) + "</p>")
+    if agent["threadpool"]:
+        tp = agent["threadpool"]
+        parts.append(f"<h3>Threadpool</h3><p>{tp['borrowed_max']} of {tp['total']} tokens borrowed at most; "
+                     f"up to {tp['waiting_max']} tasks waiting.</p>")
+    if agent["pools"]:
+        parts.append("<h3>DB pools</h3>" + _table(
+            ["worker", "pool", "size", "max overflow", "checked out max", "acquires", "acquire p99 ms", "acquire max ms", "timeouts"],
+            [[p["pid"], p["id"], p["size"], p["max_overflow"], p["checked_out_max"], p["acquires"], p["acquire_p99_ms"],
+              p["acquire_max_ms"], p["timeouts"]] for p in agent["pools"]]))
+    if agent["profiles"]:
+        links = "".join(f"<li>worker {p['pid']}: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in p["files"])
+                        + "</li>" for p in agent["profiles"])
+        parts.append(f"<h3>Profiles</h3><ul>{links}</ul>")
+    return "\n".join(parts)
 
 
 def render_html(rec: Recording, summary: dict[str, Any]) -> str:
@@ -77,6 +124,7 @@ def render_html(rec: Recording, summary: dict[str, Any]) -> str:
     ])}</table>
 <h2>Timeline</h2>
 <img alt="throughput, latency, errors and resources against time" src="data:image/png;base64,{png}">
+{inside_section(rec, summary)}
 <h2>Events</h2><ul>{events}</ul>
 <h2>Run</h2>
 <table>{_rows([

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from harness.analysis import inside
 from harness.analysis.series import load_window, proc_series, tcp_series
 from harness.recording import Recording
 
@@ -76,6 +77,53 @@ def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = Non
         if e.get("t") is not None and e.get("kind") in ("worker-started", "worker-exited", "target-died"):
             for ax in axes:
                 ax.axvline(e["t"], color="#d62728", linestyle=":", linewidth=1)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def inside_png(rec: Recording) -> bytes | None:
+    """One PNG of what the agents saw: loop lag, threadpool, DB pools, GC; None without agent data."""
+    lag = inside.loop_lag(rec)
+    if not lag:
+        return None
+    plt = _pyplot()
+    window = (-5.0, load_window(rec)[1] + 2.0)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True, constrained_layout=True)
+    ax = axes[0]
+    for pid, pts in lag.items():
+        ax.plot([t + 0.5 for t, *_ in pts], [p99 for _, _, p99, _ in pts], label=f"p99 worker {pid}")
+        ax.plot([t + 0.5 for t, *_ in pts], [m for *_, m in pts], ":", label=f"max worker {pid}")
+    for s in inside.stalls(rec):
+        ax.axvspan(s.t, s.t + s.duration_ms / 1000, color="#d62728", alpha=0.15, linewidth=0)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylabel("ms")
+    ax.set_title("Event-loop lag (shaded: stalls)")
+    ax = axes[1]
+    for pid, pts in inside.threadpool(rec).items():
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], label=f"borrowed {pid}")
+        ax.plot([p[0] for p in pts], [p[3] for p in pts], "--", label=f"waiting {pid}")
+        ax.axhline(pts[-1][1], color="#999999", linestyle=":", linewidth=1)
+    ax.set_ylabel("threads / tasks")
+    ax.set_title("anyio threadpool (dotted: token limit)")
+    ax = axes[2]
+    for (pid, pool_id), pts in inside.pools(rec).items():
+        line = ax.plot([p.t for p in pts], [p.checked_out for p in pts], label=f"checked out {pid}")[0]
+        ax.plot([p.t for p in pts], [p.capacity for p in pts], ":", color=line.get_color(), label=f"size+overflow {pid}")
+    ax.set_ylabel("connections")
+    ax.set_title("DB pools")
+    ax = axes[3]
+    gc = inside.gc_pause_ms(rec)
+    ax.bar([t + 0.5 for t in gc], list(gc.values()), width=0.9, color="#8c564b")
+    ax.set_ylabel("ms per s")
+    ax.set_title("GC pauses (all workers)")
+    ax.set_xlabel("seconds since load start")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", fontsize=8, ncol=4)
+    axes[0].set_xlim(*window)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)

@@ -30,6 +30,7 @@ class Sampler(threading.Thread):
         interval_s: float,
         on_sample: Callable[[dict], None],
         on_event: Callable[[dict], None],
+        db_port: int | None = None,
     ):
         super().__init__(name="sampler", daemon=True)
         self.server_pid = server_pid
@@ -38,6 +39,7 @@ class Sampler(threading.Thread):
         self.interval_s = interval_s
         self.on_sample = on_sample
         self.on_event = on_event
+        self.db_port = db_port
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
         self._workers_seen: set[int] = set()
@@ -136,6 +138,8 @@ class Sampler(threading.Thread):
         except (psutil.AccessDenied, AttributeError):
             pass
         if with_conns:
-            states = collections.Counter(c.status for c in p.net_connections(kind="tcp"))
-            rec["tcp"] = dict(states)
+            conns = p.net_connections(kind="tcp")
+            rec["tcp"] = dict(collections.Counter(c.status for c in conns))
+            if self.db_port and role != "driver":
+                rec["db_conns"] = sum(1 for c in conns if c.raddr and c.raddr.port == self.db_port)
         return rec

@@ -1,0 +1,33 @@
+"""The in-process agent: runs inside each server worker, in the app's own interpreter.
+
+Standard library only, Python 3.9+, relative imports only: the launcher copies this package
+into the run directory as ``fastapi_harness_agent`` and puts it on the app's path, so
+nothing is installed into the app's environment. What the app happens to have (anyio,
+SQLAlchemy, pyinstrument, yappi) is feature-detected.
+
+It shares a stream format with the harness, not code. Each worker PID appends
+``agent-<pid>.jsonl`` in the run directory, one JSON object per line, written by the
+agent's own thread at least 10 times a second:
+
+``{"type": "hello", "pid", "t", "python", "versions": {...}, "loop": str, "options": {...}}``
+    once, when the worker serves its first ASGI event.
+``{"type": "tick", "t", "seq", "lag_ms": [float], "inflight": int, "threadpool": {...}|null,
+  "pools": [{...}], "gc": {"pause_ms", "collections": [g0, g1, g2]},
+  "hot_ms": {category: ms}, "hot_frames_ms": {"category|file:line function": ms},
+  "pool_ms": {...}, "pool_frames_ms": {...}, "inflight": int,
+  "routes": {route: {"n", "errors", "hist"}}, "exceptions": {route: {type: n}}}``
+    every 100 ms; counters are deltas over the interval, gauges are the current value.
+    ``hot_*`` is the loop thread's CPU time by what it was running (SIGPROF samples weighted
+    by CPU time); ``pool_*`` is the threadpool threads' busy wall time, sampled by a thread.
+    every 100 ms; counters are deltas over the interval, gauges are the current value.
+``{"type": "stall", "t_start", "duration_ms", "class", "site": {...}|null, "stack": [...],
+  "cpu_share", "samples"}``
+    one per event-loop stall longer than the threshold.
+``{"type": "gap", "lost", "error"}``
+    after writes failed for a while: how many records were lost.
+``{"type": "profile", "id", "files": [...], "error": str|null}``
+    after a profile window asked for through ``agent-control.json``.
+
+Histograms (``hist``) use the harness's log-linear buckets over integer microseconds:
+``{"b": [[bucket, count], ...], "max": us}``.
+"""

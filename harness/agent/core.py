@@ -1,0 +1,262 @@
+"""The agent's clockwork: a heartbeat on the loop, a CPU-time signal sampler, and helper threads.
+
+Only two tiny things run on the loop thread: the heartbeat (every 10 ms: read two clocks,
+append to a list) and the SIGPROF handler (about 50 times per CPU-second: read a clock,
+walk the stack). Building records, classifying stacks and writing happen on the agent's
+own threads.
+
+Why a signal and not only a thread: a long C call (pydantic-core, json's encoder, a
+regex) holds the GIL, so a sampling *thread* cannot run until it returns and then sees the
+loop idle. The signal handler runs right after the C call returns, in the frame that made
+it, and weighs its sample by the loop thread's CPU time since the previous one.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import probes, stacks
+
+BEAT_S = 0.010
+TICK_S = 0.100
+POOL_SAMPLE_S = 0.020
+
+
+class Agent:
+    def __init__(self, options: Dict[str, Any]):
+        self.options = options
+        self.pid = os.getpid()
+        self.stall_s = float(options.get("stall_ms", 25)) / 1000.0
+        hz = float(options.get("hot_hz", 50) or 0)
+        self.hot_interval = 1.0 / hz if hz > 0 else 0.0
+        self.stream_dir = options.get("stream_dir") or options.get("run_dir") or "."
+        self.loop: Any = None
+        self.loop_tid = 0
+        self.expected = 0.0  # when the next heartbeat is due (perf_counter)
+        self.last_beat = 0.0
+        self.last_cpu = 0.0  # the loop thread's CPU time at the last heartbeat
+        self.lags: List[float] = []
+        self.stall_samples: List[Tuple[float, List[stacks.Frame]]] = []  # (perf time, stack) while late
+        self.ended_stalls: "collections.deque[Tuple[float, float, float, list]]" = collections.deque()
+        self.raw_hot: "collections.deque[Tuple[float, list, bool]]" = collections.deque(maxlen=5000)
+        self.last_sig_cpu = 0.0
+        self.lock = threading.Lock()
+        self.records: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=10_000)
+        self.hot: Dict[str, float] = collections.Counter()
+        self.hot_frames: Dict[str, float] = collections.Counter()
+        self.routes: Any = None  # set by the middleware
+        self.threadpool = probes.ThreadpoolProbe()
+        self.pools = probes.PoolProbe()
+        self.gc = probes.GcProbe()
+        self.profiler: Any = None
+        self.stopped = threading.Event()
+        self.seq = 0
+        self.lost = 0
+        self.last_error = ""
+        self.started = False
+
+    # ------------------------------------------------------------------ start
+
+    def start(self, loop: Any) -> None:
+        """Start once, from the first ASGI event on the worker's running loop."""
+        if self.started:
+            return
+        self.started = True
+        self.loop = loop
+        self.loop_tid = threading.get_ident()
+        self.pools.install()
+        self.gc.install()
+        now = time.perf_counter()
+        self.expected = now + BEAT_S
+        self.last_beat = now
+        self.last_cpu = self.last_sig_cpu = time.thread_time()
+        loop.call_later(BEAT_S, self._beat)
+        signal_sampling = self.hot_interval and threading.current_thread() is threading.main_thread()
+        if signal_sampling:
+            signal.signal(signal.SIGPROF, self._on_sigprof)
+            signal.setitimer(signal.ITIMER_PROF, self.hot_interval, self.hot_interval)
+        self.emit({
+            "type": "hello", "pid": self.pid, "t": time.time(), "python": sys.version.split()[0],
+            "versions": probes.versions(), "loop": type(loop).__module__ + "." + type(loop).__name__,
+            "hotspots": "sigprof" if signal_sampling else ("thread" if self.hot_interval else "off"),
+            "options": {k: v for k, v in self.options.items() if k != "target"},
+        })
+        threads = [("watchdog", self._watch), ("writer", self._write_loop)]
+        if self.hot_interval:
+            threads.append(("pool-sampler", self._sample_threads))
+        for name, target in threads:
+            threading.Thread(target=target, name=f"fastapi-harness-{name}", daemon=True).start()
+
+    def _beat(self) -> None:
+        now = time.perf_counter()
+        late = now - self.expected
+        self.lags.append(late)
+        if late >= self.stall_s:
+            # a stall just ended; the writer thread turns it into a record
+            samples, self.stall_samples = self.stall_samples, []
+            self.ended_stalls.append((self.expected, now, time.thread_time() - self.last_cpu, samples))
+        self.last_beat = now
+        self.last_cpu = time.thread_time()
+        self.expected = now + BEAT_S
+        self.loop.call_later(BEAT_S, self._beat)
+
+    def _on_sigprof(self, signum: int, frame: Any) -> None:
+        # runs on the loop (main) thread, between bytecodes: keep it to a clock read and a stack walk
+        cpu = time.thread_time()
+        weight, self.last_sig_cpu = cpu - self.last_sig_cpu, cpu
+        stack = stacks.walk(frame)
+        now = time.perf_counter()
+        if now - self.expected >= self.stall_s:
+            self.stall_samples.append((now, stack))
+        self.raw_hot.append((weight, stack, True))
+
+    # ------------------------------------------------------------------ watchdog
+
+    def _watch(self) -> None:
+        """While the heartbeat is late, sample the loop thread's stack each time the lateness doubles."""
+        poll = min(0.005, self.stall_s / 4)
+        next_sample = self.stall_s
+        stalled_since = 0.0
+        while not self.stopped.wait(poll):
+            expected = self.expected
+            late = time.perf_counter() - expected
+            if late < self.stall_s:
+                next_sample = self.stall_s
+                continue
+            if expected != stalled_since:
+                stalled_since, next_sample = expected, self.stall_s
+            if late >= next_sample:
+                frame = sys._current_frames().get(self.loop_tid)
+                if frame is not None:
+                    self.stall_samples.append((time.perf_counter(), stacks.walk(frame)))
+                next_sample = late * 2
+
+    def _stall_record(self, start: float, end: float, cpu: float, samples: list) -> Dict[str, Any]:
+        duration = end - start
+        sites = [stacks.app_site(stack) for _, stack in samples]
+        counted = collections.Counter(s for s in sites if s)
+        site = counted.most_common(1)[0][0] if counted else None
+        stack = next((st for (_, st), s in zip(samples, sites) if s == site), samples[0][1] if samples else [])
+        cpu_share = cpu / duration if duration > 0 else 0.0
+        if cpu_share >= 0.5:
+            kind = "app-code" if site else "cpu-other"  # running on the loop: app code, or library/framework code
+        elif site:
+            kind = "blocking-wait"  # the loop thread waited (sleep, I/O, lock) inside app code
+        else:
+            kind = "starved"  # no app frame and little CPU: the process starved of CPU or GIL
+        return {
+            "type": "stall", "t_start": time.time() - (time.perf_counter() - start),
+            "duration_ms": round(duration * 1000, 2), "class": kind,
+            "site": {"file": site[0], "line": site[1], "function": site[2]} if site else None,
+            "stack": [list(f) for f in stack[:40]], "cpu_share": round(min(cpu_share, 1.0), 3),
+            "samples": len(samples),
+        }
+
+    # ------------------------------------------------------------------ hotspots
+
+    def _sample_threads(self) -> None:
+        """Worker threads of the threadpool (and the loop, when signals are unavailable), by thread."""
+        me = threading.get_ident()
+        include_loop = signal.getitimer(signal.ITIMER_PROF)[0] == 0.0
+        interval = self.hot_interval if include_loop else max(self.hot_interval, POOL_SAMPLE_S)
+        while not self.stopped.wait(interval):
+            pool_threads = {t.ident for t in threading.enumerate() if _is_pool_thread(t.name)}
+            for tid, frame in sys._current_frames().items():
+                if tid == me or not (tid in pool_threads or (include_loop and tid == self.loop_tid)):
+                    continue
+                stack = stacks.walk(frame)
+                if tid != self.loop_tid and _waiting_for_work(stack):
+                    continue
+                self.raw_hot.append((interval, stack, tid == self.loop_tid))
+
+    def _classify_hot(self) -> Dict[str, Dict[str, float]]:
+        """Drain raw samples: ms by category and by category|frame, for the loop and the pool threads apart."""
+        out: Dict[str, Dict[str, float]] = {k: collections.Counter() for k in ("hot_ms", "hot_frames_ms", "pool_ms", "pool_frames_ms")}
+        while self.raw_hot:
+            weight, stack, on_loop = self.raw_hot.popleft()
+            cat = stacks.category(stack)
+            ms = weight * 1000.0
+            cats, frames = (out["hot_ms"], out["hot_frames_ms"]) if on_loop else (out["pool_ms"], out["pool_frames_ms"])
+            cats[cat] += ms
+            if cat != "idle":
+                frames[stacks.frame_key(stack, cat)] += ms
+        return {name: {k: round(v, 2) for k, v in d.items()} for name, d in out.items()}
+
+    # ------------------------------------------------------------------ stream
+
+    def emit(self, record: Dict[str, Any]) -> None:
+        self.records.append(record)
+
+    def _tick(self) -> Dict[str, Any]:
+        while self.ended_stalls:
+            self.emit(self._stall_record(*self.ended_stalls.popleft()))
+        lags, self.lags = self.lags, []
+        self.seq += 1
+        rec: Dict[str, Any] = {
+            "type": "tick", "t": time.time(), "seq": self.seq,
+            "lag_ms": [round(max(x, 0.0) * 1000, 2) for x in lags],
+            "threadpool": self.threadpool.read(),
+            "pools": self.pools.read(),
+            "gc": self.gc.read(),
+            **self._classify_hot(),
+        }
+        if self.routes is not None:
+            rec.update(self.routes.drain())
+        return rec
+
+    def _write_loop(self) -> None:
+        path = os.path.join(self.stream_dir, f"agent-{self.pid}.jsonl")
+        f = None
+        while True:
+            stopping = self.stopped.wait(TICK_S)
+            self.emit(self._tick())
+            if self.profiler is not None:
+                self.profiler.poll()
+            try:
+                if f is None:
+                    f = open(path, "a")
+                if self.lost:
+                    f.write(json.dumps({"type": "gap", "lost": self.lost, "error": self.last_error}) + "\n")
+                    self.lost = 0
+                lines = []
+                while self.records:
+                    lines.append(json.dumps(self.records.popleft(), separators=(",", ":")) + "\n")
+                f.write("".join(lines))  # one write: every syscall costs a GIL hand-off
+                f.flush()
+            except (OSError, ValueError) as e:
+                # the app keeps serving; what could not be written is counted and reported later
+                if not self.last_error:
+                    print(f"fastapi-harness agent: cannot write {path}: {e}; the app keeps serving", file=sys.stderr)
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.lost += len(self.records)
+                self.records.clear()
+                f = None
+            if stopping:
+                break
+
+    def stop(self) -> None:
+        if self.started and signal.getitimer(signal.ITIMER_PROF)[0]:
+            try:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+            except ValueError:
+                pass
+        self.stopped.set()
+
+
+def _is_pool_thread(name: str) -> bool:
+    return name.startswith(("AnyIO worker thread", "ThreadPoolExecutor", "asyncio_"))
+
+
+_POOL_MACHINERY = ("threading.py", "queue.py", "thread.py", "_asyncio.py", "_trio.py")
+
+
+def _waiting_for_work(stack: List[stacks.Frame]) -> bool:
+    """An idle pool thread: nothing on its stack but the pool's own queue and thread plumbing."""
+    return all(path.endswith(_POOL_MACHINERY) for path, _, _ in stack)

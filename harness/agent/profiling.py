@@ -1,0 +1,109 @@
+"""Profile on command: the harness writes ``agent-control.json`` {"id", "seconds"} in the run directory.
+
+Each worker then profiles a window of that many seconds with whatever the app has:
+pyinstrument on the loop thread (wall clock; HTML and JSON) and yappi on the wall clock
+across threads with coroutine awareness (a table of functions by total wall time, so time
+spent awaiting a pool shows up). Rendering happens on the agent's thread, not the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+CONTROL = "agent-control.json"
+YAPPI_TOP = 40
+
+
+class ProfileControl:
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        self.control = os.path.join(agent.options.get("run_dir") or ".", CONTROL)
+        self.done_id = 0
+        self.window: Optional[Dict[str, Any]] = None
+        self.pyinstrument: Any = None
+        self.session: Any = None
+        self.ready = threading.Event()
+
+    def poll(self) -> None:
+        """Called on every writer tick: start or finish a profile window."""
+        if self.window is not None:
+            if time.monotonic() >= self.window["end"]:
+                self._finish()
+            return
+        try:
+            with open(self.control) as f:
+                cmd = json.load(f)
+        except (OSError, ValueError):
+            return
+        if int(cmd.get("id", 0)) > self.done_id:
+            self._begin(int(cmd["id"]), float(cmd.get("seconds", 5)))
+
+    def _begin(self, ident: int, seconds: float) -> None:
+        self.window = {"id": ident, "end": time.monotonic() + seconds, "seconds": seconds, "errors": []}
+        self.ready.clear()
+        try:
+            from pyinstrument import Profiler
+
+            self.pyinstrument = Profiler(interval=0.001, async_mode="disabled")
+            self.agent.loop.call_soon_threadsafe(self._start_on_loop)
+        except ImportError:
+            self.window["errors"].append("pyinstrument is not installed in the app's environment")
+        try:
+            import yappi
+
+            yappi.set_clock_type("wall")
+            yappi.start(builtins=False, profile_threads=True)
+        except ImportError:
+            self.window["errors"].append("yappi is not installed in the app's environment")
+
+    def _start_on_loop(self) -> None:
+        self.pyinstrument.start()
+
+    def _stop_on_loop(self) -> None:
+        try:
+            self.session = self.pyinstrument.stop()
+        finally:
+            self.ready.set()
+
+    def _finish(self) -> None:
+        window, self.window = self.window, None
+        assert window is not None
+        self.done_id = window["id"]
+        run_dir = self.agent.options.get("run_dir") or "."
+        stem = os.path.join(run_dir, f"profile-{self.agent.pid}-{window['id']}")
+        files: List[str] = []
+        if self.pyinstrument is not None:
+            self.agent.loop.call_soon_threadsafe(self._stop_on_loop)
+            if self.ready.wait(5.0) and self.session is not None:
+                from pyinstrument.renderers import HTMLRenderer, JSONRenderer
+
+                for ext, renderer in (("html", HTMLRenderer()), ("json", JSONRenderer())):
+                    with open(f"{stem}-pyinstrument.{ext}", "w") as f:
+                        f.write(renderer.render(self.session))
+                    files.append(f"{stem}-pyinstrument.{ext}")
+            else:
+                window["errors"].append("pyinstrument did not stop within 5 s (the loop was blocked)")
+            self.pyinstrument = self.session = None
+        try:
+            import yappi
+
+            yappi.stop()
+            rows = sorted(yappi.get_func_stats(), key=lambda s: s.ttot, reverse=True)[:YAPPI_TOP]
+            table = [{"function": s.name, "file": s.module, "line": s.lineno, "calls": s.ncall,
+                      "total_s": round(s.ttot, 6), "self_s": round(s.tsub, 6)} for s in rows]
+            yappi.clear_stats()
+            with open(f"{stem}-yappi.json", "w") as f:
+                json.dump(table, f, indent=1)
+            with open(f"{stem}-yappi.txt", "w") as f:
+                f.write(f"{'total s':>10} {'self s':>10} {'calls':>8}  function\n")
+                for r in table:
+                    f.write(f"{r['total_s']:10.4f} {r['self_s']:10.4f} {r['calls']:8d}  {r['function']} ({r['file']}:{r['line']})\n")
+            files += [f"{stem}-yappi.json", f"{stem}-yappi.txt"]
+        except ImportError:
+            pass
+        self.agent.emit({"type": "profile", "id": window["id"], "seconds": window["seconds"],
+                         "files": [os.path.basename(p) for p in files], "errors": window["errors"]})

@@ -1,0 +1,105 @@
+"""Reading and classifying stacks: which frame is the app's, what kind of work a sample is."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from typing import Dict, List, Optional, Tuple
+
+Frame = Tuple[str, int, str]  # (file, line, function)
+
+_LIBRARY_ROOTS = tuple(
+    os.path.realpath(p) + os.sep
+    for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    if p
+)
+_AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# innermost-first: the first frame that matches one of these decides the category
+_JSON_FUNCS = {"serialize_response", "_prepare_response_content", "serialize", "jsonable_encoder", "render",
+               "model_dump", "model_dump_json", "dump_json", "dump_python", "to_jsonable_python", "dict", "json"}
+_IDLE_FILES = ("selectors.py", os.sep + "asyncio" + os.sep + "runners.py", os.sep + "uvloop" + os.sep + "__init__.py")
+_IDLE_FUNCS = {"run_forever", "run_until_complete", "_run_once", "select", "poll"}
+_FRAMEWORK_PARTS = tuple(os.sep + p + os.sep for p in (
+    "asyncio", "uvloop", "uvicorn", "starlette", "fastapi", "anyio", "h11", "httptools", "gunicorn",
+    "concurrent", "sniffio", "websockets", "wsproto",
+))
+
+
+_library_cache: Dict[str, bool] = {}
+
+
+def is_library(path: str) -> bool:
+    """True for the standard library, installed packages and the agent itself (cached per file).
+
+    Cached because resolving a path makes syscalls, and each syscall hands the GIL back to a
+    busy loop thread for up to a switch interval: uncached, a CPU-bound app starves the agent.
+    """
+    known = _library_cache.get(path)
+    if known is None:
+        real = os.path.realpath(path) if not path.startswith("<") else path
+        known = (path.startswith(("<", _AGENT_DIR)) or real.startswith(_LIBRARY_ROOTS)
+                 or "site-packages" in real or "dist-packages" in real)
+        if len(_library_cache) < 10_000:
+            _library_cache[path] = known
+    return known
+
+
+def walk(frame) -> List[Frame]:  # type: ignore[no-untyped-def]
+    """The stack from the innermost frame outwards, without the agent's own frames.
+
+    The agent's frames (its GC callback, its middleware) sit on top of whatever the app was
+    doing; dropping them attributes the sample to the app's frame below.
+    """
+    out: List[Frame] = []
+    while frame is not None and len(out) < 128:
+        code = frame.f_code
+        if not code.co_filename.startswith(_AGENT_DIR):
+            out.append((code.co_filename, frame.f_lineno or 0, code.co_name))
+        frame = frame.f_back
+    return out
+
+
+def app_site(stack: List[Frame]) -> Optional[Frame]:
+    """The innermost frame of the application's own code, or None."""
+    for f in stack:
+        if not is_library(f[0]):
+            return f
+    return None
+
+
+def is_idle(stack: List[Frame]) -> bool:
+    """True when the loop thread is parked in the selector with nothing of the app's running."""
+    if not stack:
+        return True
+    path, _, func = stack[0]
+    return func in _IDLE_FUNCS or path.endswith(_IDLE_FILES)
+
+
+def category(stack: List[Frame]) -> str:
+    """What a running stack is doing: json-serialization, logging, validation, db, framework, app-code, idle."""
+    if is_idle(stack):
+        return "idle"
+    for path, _, func in stack:
+        p = path.replace("\\", "/")
+        if "/logging/" in p:
+            return "logging"
+        if "/json/" in p or "orjson" in p or "ujson" in p or p.endswith("fastapi/encoders.py"):
+            return "json-serialization"
+        if ("/fastapi/" in p or "/starlette/responses" in p or "/pydantic/" in p) and func in _JSON_FUNCS:
+            return "json-serialization"
+        if "/pydantic" in p:
+            return "validation"
+        if any(s in p for s in ("/sqlalchemy/", "/asyncpg/", "/aiosqlite/", "/sqlite3/", "/psycopg")):
+            return "db"
+        if not is_library(path):
+            return "app-code"
+        if any(s in p for s in _FRAMEWORK_PARTS):
+            return "framework"
+    return "framework"
+
+
+def frame_key(stack: List[Frame], cat: str) -> str:
+    """``category|file:line function`` for the frame that best names where a sample was."""
+    site = app_site(stack) or (stack[0] if stack else ("?", 0, "?"))
+    return f"{cat}|{site[0]}:{site[1]} {site[2]}"

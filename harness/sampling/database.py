@@ -1,0 +1,84 @@
+"""The database server beside the app: reachability, and PostgreSQL's pg_stat_activity once a second."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+from urllib.parse import urlsplit
+
+from harness.errors import DatabaseError
+
+STATES_SQL = (
+    "SELECT coalesce(state, 'background'), count(*) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+)
+
+
+def plain_dsn(url: str) -> str:
+    """A libpq DSN from an SQLAlchemy URL (drops ``+asyncpg`` and the like)."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.split("+", 1)[0]
+    return ("postgresql" if scheme == "postgres" else scheme) + sep + rest
+
+
+def db_port(url: str) -> int | None:
+    """The TCP port of a database URL, if it has one (SQLite has none)."""
+    try:
+        parts = urlsplit(plain_dsn(url))
+        return parts.port or ({"postgresql": 5432, "mysql": 3306}.get(parts.scheme))
+    except ValueError:
+        return None
+
+
+def _connect(url: str):  # -> psycopg.Connection
+    try:
+        import psycopg
+    except ImportError:
+        raise DatabaseError("watching PostgreSQL needs psycopg: pip install 'fastapi-harness[postgres]'") from None
+    try:
+        return psycopg.connect(plain_dsn(url), connect_timeout=3, autocommit=True)
+    except psycopg.Error as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatabaseError(
+            f"cannot reach PostgreSQL at {url} ({first}); start it (e.g. `pg_ctlcluster 15 main start`, or "
+            "`initdb -D DIR && pg_ctl -D DIR -o '-p PORT' start` as a non-root user) or fix [database] url"
+        ) from None
+
+
+def check_postgres(url: str) -> int:
+    """Connect once; return max_connections. Raises DatabaseError naming the DSN when unreachable."""
+    with _connect(url) as conn:
+        return int(conn.execute("SHOW max_connections").fetchone()[0])
+
+
+class PgWatcher(threading.Thread):
+    """Once a second: connections by state for the app's database, against max_connections."""
+
+    def __init__(self, url: str, t0: float, on_record: Callable[[dict], None]):
+        super().__init__(name="pg-watcher", daemon=True)
+        self.url, self.t0, self.on_record = url, t0, on_record
+        self._halt = threading.Event()
+        self.error = ""
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=5.0)
+
+    def run(self) -> None:
+        try:
+            conn = _connect(self.url)
+        except DatabaseError as e:
+            self.error = str(e)
+            return
+        with conn:
+            max_conn = int(conn.execute("SHOW max_connections").fetchone()[0])
+            while not self._halt.wait(1.0):
+                try:
+                    states = {str(s): int(n) for s, n in conn.execute(STATES_SQL).fetchall()}
+                except Exception as e:  # the server went away: record it and stop watching
+                    self.error = f"{type(e).__name__}: {e}"
+                    return
+                self.on_record({"t": round(time.time() - self.t0, 3), "kind": "postgres", "states": states,
+                                "total": sum(states.values()), "max_connections": max_conn})

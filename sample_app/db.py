@@ -1,0 +1,63 @@
+"""The sample app's database: SQLAlchemy 2 async, SQLite (aiosqlite) by default, PostgreSQL (asyncpg) on request.
+
+Environment:
+    SAMPLE_APP_DATABASE_URL   e.g. postgresql+asyncpg://user@127.0.0.1:5432/app
+                              (default: a SQLite file in the run directory, or the current one)
+    SAMPLE_APP_POOL_SIZE      pool size (default 5)
+    SAMPLE_APP_MAX_OVERFLOW   connections allowed beyond the pool (default 0)
+    SAMPLE_APP_POOL_TIMEOUT   seconds to wait for a connection before failing (default 30)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import Integer, String, insert, select, func
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+SEED_ROWS = 100
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+
+
+def database_url() -> str:
+    url = os.environ.get("SAMPLE_APP_DATABASE_URL")
+    if url:
+        return url
+    folder = Path(os.environ.get("FASTAPI_HARNESS_RUN_DIR") or ".")
+    return f"sqlite+aiosqlite:///{(folder / 'sample_app.db').resolve()}"
+
+
+def make_engine() -> AsyncEngine:
+    url = database_url()
+    kwargs: dict = {
+        "pool_size": int(os.environ.get("SAMPLE_APP_POOL_SIZE", "5")),
+        "max_overflow": int(os.environ.get("SAMPLE_APP_MAX_OVERFLOW", "0")),
+        "pool_timeout": float(os.environ.get("SAMPLE_APP_POOL_TIMEOUT", "30")),
+    }
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"timeout": 30}
+    return create_async_engine(url, **kwargs)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create and seed the items table once (several workers may race here)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: Base.metadata.create_all(c, checkfirst=True))
+    try:
+        async with engine.begin() as conn:
+            count = (await conn.execute(select(func.count()).select_from(Item))).scalar_one()
+            if count == 0:
+                await conn.execute(insert(Item), [{"id": i, "name": f"item-{i}"} for i in range(1, SEED_ROWS + 1)])
+    except Exception:
+        pass  # another worker seeded it first
