@@ -33,6 +33,16 @@ def _suspects() -> dict[int, psutil.Process]:
     return found
 
 
+SESSION_PIDS: set[int] = set()  # long-lived helpers owned by session fixtures (the PostgreSQL cluster)
+
+
+def _session_owned(p: psutil.Process) -> bool:
+    try:
+        return any(a.pid in SESSION_PIDS for a in [p, *p.parents()])
+    except psutil.Error:
+        return False
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     """Every process a test (or the harness it runs) starts must be gone when it ends."""
@@ -40,7 +50,7 @@ def no_leftover_processes():
     yield
     deadline = time.monotonic() + 10
     while True:
-        left = [p for pid, p in _suspects().items() if pid not in before and _alive(p)]
+        left = [p for pid, p in _suspects().items() if pid not in before and _alive(p) and not _session_owned(p)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -79,3 +89,17 @@ def data_copy(tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster on a free loopback port; its URL."""
+    from tests.postgres import Cluster
+
+    cluster = Cluster().start()
+    SESSION_PIDS.add(cluster.postmaster_pid)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+        SESSION_PIDS.discard(cluster.postmaster_pid)
