@@ -26,7 +26,7 @@ from . import probes, stacks
 
 BEAT_S = 0.010
 TICK_S = 0.100
-POOL_SAMPLE_S = 0.020
+POOL_SAMPLE_S = 0.050
 
 
 class Agent:
@@ -120,16 +120,23 @@ class Agent:
     # ------------------------------------------------------------------ watchdog
 
     def _watch(self) -> None:
-        """While the heartbeat is late, sample the loop thread's stack each time the lateness doubles."""
+        """While the heartbeat is late, sample the loop thread's stack each time the lateness doubles.
+
+        It sleeps until the moment the current heartbeat would count as a stall, so a healthy
+        loop (which keeps pushing that moment forward) wakes it only about 40 times a second.
+        """
         poll = min(0.005, self.stall_s / 4)
         next_sample = self.stall_s
         stalled_since = 0.0
-        while not self.stopped.wait(poll):
+        wait = poll
+        while not self.stopped.wait(wait):
             expected = self.expected
             late = time.perf_counter() - expected
             if late < self.stall_s:
                 next_sample = self.stall_s
+                wait = max(self.stall_s - late, poll)
                 continue
+            wait = poll
             if expected != stalled_since:
                 stalled_since, next_sample = expected, self.stall_s
             if late >= next_sample:
@@ -167,6 +174,9 @@ class Agent:
         include_loop = signal.getitimer(signal.ITIMER_PROF)[0] == 0.0
         interval = self.hot_interval if include_loop else max(self.hot_interval, POOL_SAMPLE_S)
         while not self.stopped.wait(interval):
+            limiter = self.threadpool.limiter
+            if not include_loop and (limiter is None or not limiter.borrowed_tokens):
+                continue  # no sync endpoint is running: nothing to sample, and no GIL taken from the loop
             pool_threads = {t.ident for t in threading.enumerate() if _is_pool_thread(t.name)}
             for tid, frame in sys._current_frames().items():
                 if tid == me or not (tid in pool_threads or (include_loop and tid == self.loop_tid)):

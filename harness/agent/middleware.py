@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import collections
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from . import hist
 
@@ -13,30 +13,28 @@ MAX_ROUTES = 200  # beyond this many distinct raw paths, the rest count as "othe
 
 
 class RouteStats:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.inflight = 0
-        self.routes: Dict[str, list] = {}
-        self.exceptions: Dict[str, Dict[str, int]] = {}
-        self.seen = 0
+    """Per-request facts are queued by the loop thread and aggregated by the agent's writer thread."""
 
-    def add(self, route: str, us: int, error: bool, exc: str = "") -> None:
-        with self.lock:
-            entry = self.routes.get(route)
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.done: "collections.deque[Tuple[str, int, bool, str]]" = collections.deque()
+
+    def drain(self) -> Dict[str, Any]:
+        """Counters since the last drain, plus the in-flight gauge (called off the loop)."""
+        routes: Dict[str, list] = {}
+        exceptions: Dict[str, Dict[str, int]] = {}
+        done = self.done
+        while done:
+            route, us, error, exc = done.popleft()
+            entry = routes.get(route)
             if entry is None:
-                entry = self.routes[route] = [0, 0, hist.Histogram()]
+                entry = routes[route] = [0, 0, hist.Histogram()]
             entry[0] += 1
             entry[1] += error
             entry[2].record(us)
             if exc:
-                by_type = self.exceptions.setdefault(route, {})
+                by_type = exceptions.setdefault(route, {})
                 by_type[exc] = by_type.get(exc, 0) + 1
-
-    def drain(self) -> Dict[str, Any]:
-        """Counters since the last drain, plus the in-flight gauge."""
-        with self.lock:
-            routes, self.routes = self.routes, {}
-            exceptions, self.exceptions = self.exceptions, {}
         return {
             "inflight": self.inflight,
             "routes": {r: {"n": n, "errors": e, "hist": h.to_json()} for r, (n, e, h) in routes.items()},
@@ -80,7 +78,7 @@ class AgentMiddleware:
             raise
         finally:
             stats.inflight -= 1
-            stats.add(self.route_of(scope), int((time.perf_counter() - t) * 1e6), status >= 500 or bool(exc_name), exc_name)
+            stats.done.append((self.route_of(scope), int((time.perf_counter() - t) * 1e6), status >= 500 or bool(exc_name), exc_name))
 
     def route_of(self, scope: Dict[str, Any]) -> str:
         """The route template when the router left one in the scope, else the raw path (bounded)."""

@@ -140,22 +140,19 @@ class GcProbe:
     def __init__(self) -> None:
         self.pause_s = 0.0
         self.collections = [0, 0, 0]
-        self._start: Dict[int, float] = {}
+        self._start = 0.0
 
     def install(self) -> None:
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: Dict[str, Any]) -> None:
-        tid = threading.get_ident()
+        # called twice per collection (often thousands of times a second): keep it minimal;
+        # collections never nest, whatever thread triggers them, since they hold the GIL
         if phase == "start":
-            self._start[tid] = time.perf_counter()
+            self._start = time.perf_counter()
         else:
-            t = self._start.pop(tid, None)
-            if t is not None:
-                self.pause_s += time.perf_counter() - t
-            gen = info.get("generation", 0)
-            if 0 <= gen < 3:
-                self.collections[gen] += 1
+            self.pause_s += time.perf_counter() - self._start
+            self.collections[info["generation"]] += 1
 
     def read(self) -> Dict[str, Any]:
         pause, self.pause_s = self.pause_s, 0.0
