@@ -1,7 +1,8 @@
 """argv → Scenario → run → renderers → files → exit code.
 
-Exit codes: 0 completed; 1 the run failed mid-way (target died, driver failed);
-2 usage, configuration or boot error; 130 interrupted. Errors print one message, no traceback.
+Exit codes: 0 completed; 1 the run failed mid-way (target died, driver failed) or, with
+``--check``, broke its SLO; 2 usage, configuration or boot error; 3 the run was invalid
+(the load generator was the limit); 130 interrupted. Errors print one message, no traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import __version__
-from harness.config import DEFAULT_SCENARIO, Scenario, build_scenario, read_scenario_file
+from harness.config import DEFAULT_SCENARIO, Scenario, build_scenario, parse_duration, read_scenario_file
 from harness.errors import ConfigError, HarnessError
 
 CLOSED_ONLY = ("users", "loops", "ramp_up", "think_time")
 OPEN_ONLY = ("rate", "ramp", "stages")
+EXIT_SLO_BROKEN, EXIT_INVALID = 1, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,19 +31,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastapi-harness", description="Boot a FastAPI app, load it, watch it, name the first bottleneck.")
-    parser.add_argument("--version", action="version", version=f"fastapi-harness {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run one load test and write its report",
-                         description="Run a scenario (or the built-in smoke scenario when none is given).")
-    run.add_argument("scenario", nargs="?", help="scenario .toml file (default: the built-in smoke scenario)")
-    target = run.add_argument_group("target")
+def _common(p: argparse.ArgumentParser) -> None:
+    """Options shared by run and diagnose."""
+    p.add_argument("scenario", nargs="?", help="scenario .toml file (default: the built-in smoke scenario)")
+    target = p.add_argument_group("target")
     target.add_argument("--url", help="drive a server that is already running, e.g. http://127.0.0.1:8000")
     target.add_argument("--pid", type=int, help="with --url: sample this process and its children")
-    target.add_argument("--get", action="append", metavar="PATH", help="with --url: GET this path (repeatable)")
     target.add_argument("--allow-remote", action="store_true", help="allow --url to name a non-loopback host")
-    over = run.add_argument_group("overrides (win over the scenario file)")
+    target.add_argument("--app", help="boot this app without a scenario file: module:attribute")
+    target.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
+    target.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
+    target.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the server (repeatable)")
+    target.add_argument("--get", action="append", default=[], metavar="PATH", help="with --url/--app: GET this path (repeatable)")
+    target.add_argument("--post", action="append", default=[], metavar="PATH", help="with --url/--app: POST this path (repeatable)")
+    over = p.add_argument_group("overrides (win over the scenario file)")
     over.add_argument("--workers", type=int, help="server worker processes")
     over.add_argument("--server", choices=("uvicorn", "gunicorn"))
     over.add_argument("--python", help="the app's own interpreter (its virtualenv's python)")
@@ -49,13 +52,34 @@ def build_parser() -> argparse.ArgumentParser:
     over.add_argument("--loops", type=int, help="closed model: requests per user")
     over.add_argument("--rate", type=float, help="open model: arrivals per second")
     over.add_argument("--duration", help='how long to drive load, e.g. "30s"')
+    over.add_argument("--slo-p99", metavar="DURATION", help='latency objective, e.g. "200ms"')
     over.add_argument("--drivers", type=int, help="load-generator processes (default: a quarter of the CPUs)")
     over.add_argument("--no-agent", action="store_true", help="run the app without the in-process agent (outside view only)")
     over.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                       help="set any scenario field, e.g. --set app.env.LOG_LEVEL=debug")
-    out = run.add_argument_group("output")
+    out = p.add_argument_group("output")
     out.add_argument("--out", help="run directory (default: reports/<timestamp>-<name>/)")
     out.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastapi-harness", description="Boot a FastAPI app, load it, watch it, name the first bottleneck.")
+    parser.add_argument("--version", action="version", version=f"fastapi-harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run one load test and write its report",
+                         description="Run a scenario (or the built-in smoke scenario when none is given).")
+    _common(run)
+    run.add_argument("--check", action="store_true", help="exit 1 when the run breaks the scenario's SLO (a CI gate)")
+    diag = sub.add_parser("diagnose", help="step the load up until something gives, and name the first bottleneck",
+                          description="Calibrate, step the open-model rate ×1.5 until the SLO breaks, throughput "
+                                      "plateaus or errors appear, then profile at the knee and give the verdict.")
+    _common(diag)
+    bounds = diag.add_argument_group("search bounds")
+    bounds.add_argument("--max-rate", type=float, default=100_000.0, help="never offer more than this (req/s)")
+    bounds.add_argument("--max-users", type=int, default=10_000, help="with --closed: never run more users")
+    bounds.add_argument("--max-time", default="60s", help='total load time, profile window included (default "60s")')
+    bounds.add_argument("--step", default="4s", help='how long each step is held (default "4s")')
+    bounds.add_argument("--closed", action="store_true", help="step virtual users instead of the arrival rate")
     return parser
 
 
@@ -64,12 +88,17 @@ def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, A
     o: dict[str, Any] = {}
     for flag, path in (("workers", "app.workers"), ("server", "app.server"), ("python", "app.python"),
                        ("users", "load.users"), ("loops", "load.loops"), ("rate", "load.rate"),
-                       ("duration", "load.duration"), ("drivers", "load.drivers")):
+                       ("duration", "load.duration"), ("drivers", "load.drivers"), ("slo_p99", "slo.p99")):
         value = getattr(args, flag)
         if value is not None:
             o[path] = value
     if args.no_agent:
         o["app.agent"] = False
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {item!r}: expected KEY=VALUE, e.g. --env LOG_LEVEL=debug")
+        o[f"app.env.{key}"] = value
     for item in args.set:
         path, sep, value = item.partition("=")
         if not sep or not path:
@@ -87,19 +116,29 @@ def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, A
     return o
 
 
+def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
+    reqs = [{"path": p} for p in args.get] + [{"path": p, "method": "POST"} for p in args.post]
+    return reqs or [{"path": "/"}]
+
+
 def scenario_from(args: argparse.Namespace) -> Scenario:
-    """The scenario the flags describe: a file, --url, or the built-in smoke scenario."""
+    """The scenario the flags describe: a file, --url, --app, or the built-in smoke scenario."""
+    if sum(bool(x) for x in (args.scenario, args.url, args.app)) > 1:
+        raise ConfigError("give one of: a scenario file, --url, or --app")
+    if (args.get or args.post) and not (args.url or args.app):
+        raise ConfigError("--get and --post go with --url or --app; a scenario file lists its [[requests]]")
+    if args.pid and not args.url:
+        raise ConfigError("--pid goes with --url (the harness samples the apps it boots itself)")
+    inline_load = {"users": 10, "duration": "20s"}
     if args.url:
-        if args.scenario:
-            raise ConfigError("give either a scenario file or --url, not both")
-        raw: dict[str, Any] = {
-            "name": "url", "url": args.url, "pid": args.pid or 0,
-            "load": {"users": 10, "duration": "10s"},
-            "requests": [{"path": p} for p in (args.get or ["/"])],
-        }
+        raw: dict[str, Any] = {"name": "url", "url": args.url, "pid": args.pid or 0, "load": inline_load,
+                               "requests": _inline_requests(args)}
         return build_scenario(raw, overrides=overrides_from(args, raw))
-    if args.pid or args.get:
-        raise ConfigError("--pid and --get go with --url; to boot an app, give a scenario file")
+    if args.app:
+        name = args.app.partition(":")[0].rsplit(".", 1)[-1] or "app"
+        raw = {"name": name, "app": {"target": args.app, "app_dir": args.app_dir or ".", "factory": args.factory},
+               "load": inline_load, "requests": _inline_requests(args)}
+        return build_scenario(raw, source="command line", overrides=overrides_from(args, raw))
     if args.scenario:
         path = Path(args.scenario)
         raw = read_scenario_file(path)
@@ -108,17 +147,31 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
     return build_scenario(raw, source="built-in smoke scenario", overrides=overrides_from(args, raw))
 
 
+def diagnose_options(args: argparse.Namespace):  # -> DiagnoseOptions
+    from harness.runner import DiagnoseOptions
+
+    try:
+        max_time, step = parse_duration(args.max_time), parse_duration(args.step)
+    except ValueError as e:
+        raise ConfigError(f"--max-time/--step: {e}") from None
+    if max_time <= 0 or step <= 0 or args.max_rate <= 0 or args.max_users < 1:
+        raise ConfigError("--max-time, --step, --max-rate and --max-users must be positive")
+    return DiagnoseOptions(max_rate=args.max_rate, max_users=args.max_users, max_time_s=max_time, step_s=step,
+                           closed=args.closed)
+
+
 def default_run_dir(name: str) -> Path:
     return Path("reports") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
 class ProgressPrinter:
-    """A live line on a terminal (redrawn), a plain line every 5 s elsewhere."""
+    """A live line on a terminal (redrawn), a plain line every 5 s elsewhere; step lines always."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.open_line = False
 
     def __call__(self, p: Any) -> None:
         from harness.report.terminal import format_progress
@@ -129,25 +182,46 @@ class ProgressPrinter:
         self.last = now
         line = format_progress(p)
         sys.stderr.write(f"\r{line}\x1b[K" if self.tty else line + "\n")
+        self.open_line = self.tty
+        sys.stderr.flush()
+
+    def say(self, line: str) -> None:
+        if self.quiet:
+            return
+        sys.stderr.write(("\r\x1b[K" if self.open_line else "") + line + "\n")
+        self.open_line = False
         sys.stderr.flush()
 
     def end(self) -> None:
-        if self.tty and self.last and not self.quiet:
+        if self.open_line:
             sys.stderr.write("\n")
 
 
 def write_reports(run_dir: Path) -> dict[str, Any]:
-    """Load the run back, render summary.json and report.html into it; return the summary."""
+    """Load the run back, diagnose it, render summary.json and report.html into it; return the summary."""
     from harness.analysis.summary import summarize
+    from harness.analysis.verdict import diagnose
     from harness.recording import Recording
     from harness.report.html import render_html
     from harness.report.summary_json import render_summary_json
 
     rec = Recording.load(run_dir)
-    summary = summarize(rec)
+    diagnosis = diagnose(rec)
+    summary = summarize(rec, diagnosis.verdict)
     (run_dir / "summary.json").write_text(render_summary_json(summary))
-    (run_dir / "report.html").write_text(render_html(rec, summary))
+    (run_dir / "report.html").write_text(render_html(rec, summary, diagnosis))
     return summary
+
+
+def slo_broken(summary: dict[str, Any], scenario: Scenario) -> str | None:
+    """Why the run broke its SLO, or None."""
+    slo, lat = scenario.slo, summary["latency_ms"]
+    for name, limit in (("p99", slo.p99_ms), ("p95", slo.p95_ms)):
+        if limit and lat[name] > limit:
+            return f"{name} {lat[name]:.1f} ms > SLO {limit:.0f} ms"
+    if slo.error_rate and summary["errors"]["rate"] > slo.error_rate:
+        return f"error rate {summary['errors']['rate']:.2%} > SLO {slo.error_rate:.2%}"
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -155,30 +229,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import run_scenario
 
     scenario = scenario_from(args)
+    diagnose = diagnose_options(args) if args.command == "diagnose" else None
     run_dir = Path(args.out) if args.out else default_run_dir(scenario.name)
     if (run_dir / "run.json").exists():
         raise ConfigError(f"--out {run_dir} already holds a run; choose a new directory")
     printer = ProgressPrinter(args.quiet)
     failure: HarnessError | None = None
     try:
-        run_scenario(scenario, run_dir, progress=printer, allow_remote=args.allow_remote)
+        run_scenario(scenario, run_dir, progress=printer, allow_remote=args.allow_remote, diagnose=diagnose, say=printer.say)
     except HarnessError as e:
         failure = e
     finally:
         printer.end()
-    measured = any(run_dir.glob("driver.jsonl")) and (run_dir / "driver.jsonl").stat().st_size > 0
-    if measured:
-        summary = write_reports(run_dir)
-        print(format_summary(summary, str(run_dir)))
+    if not (run_dir / "driver.jsonl").is_file() or not (run_dir / "driver.jsonl").stat().st_size:
+        if failure is not None:
+            raise failure
+        return 0
+    summary = write_reports(run_dir)
+    print(format_summary(summary, str(run_dir)))
     if failure is not None:
         raise failure
+    if summary["verdict"] and summary["verdict"]["bottleneck"] == "load-generator-saturated":
+        print("fastapi-harness: the run is invalid: the load generator was the limit (see the verdict)", file=sys.stderr)
+        return EXIT_INVALID
+    if getattr(args, "check", False):
+        why = slo_broken(summary, scenario)
+        if why:
+            print(f"fastapi-harness: SLO broken: {why}", file=sys.stderr)
+            return EXIT_SLO_BROKEN
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run}[args.command](args)
+        return cmd_run(args)
     except HarnessError as e:
         print(f"fastapi-harness: {e}", file=sys.stderr)
         return e.exit_code

@@ -9,7 +9,9 @@ directory already holding whatever was measured.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import os
 import platform
 import signal
@@ -25,12 +27,14 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from harness.config import Scenario
+from harness.analysis.knee import MIN_REQUESTS_FOR_P99, past_knee
+from harness.analysis.stages import stage_from_seconds
+from harness.config import LoadConfig, Scenario
 from harness.errors import HarnessError, Interrupted, TargetDiedError, UnreachableError, ConfigError
 from harness.launcher import HOST, Server, raise_fd_limit, stderr_tail
 from harness.load.histogram import Histogram
 from harness.load.manager import DriverFleet, check_driver, default_drivers, shard_plans
-from harness.recording import AGENT_CONTROL, RunWriter
+from harness.recording import AGENT_CONTROL, Recording, RunWriter
 from harness.sampling.database import PgWatcher, check_postgres, db_port
 from harness.sampling.sampler import Sampler
 
@@ -165,28 +169,57 @@ def shielded() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old[1])
 
 
+@dataclass(frozen=True)
+class DiagnoseOptions:
+    """Bounds and pacing of diagnose mode's load search."""
+
+    max_rate: float = 100_000.0
+    max_users: int = 10_000
+    max_time_s: float = 60.0
+    step_s: float = 4.0
+    factor: float = 1.5
+    hold_s: float = 4.0  # the profile window at the knee
+    calibrate_s: float = 3.0
+    closed: bool = False  # step virtual users instead of the arrival rate
+
+
 def run_scenario(
     scenario: Scenario,
     run_dir: Path,
     progress: Callable[[Progress], None] = lambda p: None,
     allow_remote: bool = False,
     drivers: int = 0,
+    diagnose: DiagnoseOptions | None = None,
+    say: Callable[[str], None] = lambda line: None,
 ) -> str:
-    """Run ``scenario`` recording into ``run_dir``; return the final status ("completed")."""
+    """Run ``scenario`` (or, with ``diagnose``, search its load for the knee) into ``run_dir``; return the status."""
     writer = RunWriter(run_dir)
     limits = raise_fd_limit()
     writer.write_run(
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        status="starting",
+        status="starting", mode="diagnose" if diagnose else "run",
         machine=machine_info(),
         scenario=scenario.to_dict(),
         limits={"nofile_soft_before": limits.soft_before, "nofile_soft": limits.soft, "nofile_hard": limits.hard},
+        diagnose=dataclasses.asdict(diagnose) if diagnose else None,
     )
     status = "failed"
     try:
-        with signals_as_interrupts():
+        with signals_as_interrupts(), contextlib.ExitStack() as stack:
             try:
-                _drive(scenario, writer, progress, allow_remote, drivers or scenario.load.drivers or default_drivers())
+                session = Session(scenario, writer, progress, drivers or scenario.load.drivers or default_drivers(), stack)
+                try:
+                    session.open(allow_remote)
+                    if diagnose:
+                        search_knee(session, scenario, diagnose, say)
+                    else:
+                        session.drive(scenario, 0.0, profile_at=scenario.agent.profile_at_s)
+                except (KeyboardInterrupt, HarnessError) as e:
+                    session.event("stopped", why=type(e).__name__)
+                    raise
+                finally:
+                    with shielded():
+                        stack.close()
                 status = "completed"
             except KeyboardInterrupt:
                 status = "interrupted"
@@ -204,71 +237,181 @@ def run_scenario(
     return status
 
 
-def _drive(scenario: Scenario, writer: RunWriter, progress: Callable[[Progress], None], allow_remote: bool, k: int) -> None:
-    live = LiveStats()
-    stack = contextlib.ExitStack()
-    try:
-        server: Server | None = None
+class Session:
+    """A booted (or attached) target, sampled, at which fleets of drivers are run one after another."""
+
+    def __init__(self, scenario: Scenario, writer: RunWriter, progress: Callable[[Progress], None], drivers: int,
+                 stack: contextlib.ExitStack):
+        self.scenario = scenario
+        self.writer = writer
+        self.progress = progress
+        self.drivers = drivers
+        self.stack = stack
+        self.live = LiveStats()
+        self.server: Server | None = None
+        self.fleet: DriverFleet | None = None
+        self.host, self.port, self.t0 = HOST, 0, 0.0
+        self.profiles = 0
+
+    def open(self, allow_remote: bool) -> None:
+        """Check the database, boot or attach to the target, start the samplers."""
+        scenario, writer = self.scenario, self.writer
         database = scenario.database
         if database.is_postgres:
             writer.write_run(database={"url": database.url, "max_connections": check_postgres(database.url)})
+        server_pid = scenario.pid
         if scenario.url:
-            host, port = check_url(scenario.url, allow_remote)
-            server_pid = scenario.pid
+            self.host, self.port = check_url(scenario.url, allow_remote)
             writer.write_run(server={"kind": "external", "url": scenario.url, "pid": scenario.pid or None})
         else:
-            server = Server(scenario.app, writer.path, scenario.agent)
+            self.server = Server(scenario.app, writer.path, scenario.agent)
             writer.write_run(server={"kind": scenario.app.server, "workers": scenario.app.workers})
-            stack.enter_context(server)
-            host, port, server_pid = HOST, server.port, server.pid
+            self.stack.enter_context(self.server)
+            self.port, server_pid = self.server.port, self.server.pid
             writer.write_run(server={
-                "kind": scenario.app.server, "workers": scenario.app.workers, "command": server.command,
-                "pid": server.pid, "url": server.url,
+                "kind": scenario.app.server, "workers": scenario.app.workers, "command": self.server.command,
+                "pid": self.server.pid, "url": self.server.url,
             })
-
-        t0 = time.time() + START_DELAY_S
-        plans = shard_plans(scenario, host, port, t0, k)
-        writer.write_run(t0=t0, drivers=len(plans))
-        fleet = DriverFleet(plans, lambda r: (writer.append("driver.jsonl", r), live.add(r)), writer.path)
+        self.t0 = time.time() + START_DELAY_S
+        writer.write_run(t0=self.t0, drivers=self.drivers)
         sampler = Sampler(
-            server_pid=lambda: server_pid, driver_pids=lambda: fleet.pids, t0=t0,
+            server_pid=lambda: server_pid, driver_pids=lambda: self.fleet.pids if self.fleet else [], t0=self.t0,
             interval_s=scenario.sampling.interval_s,
             on_sample=lambda s: writer.append("samples.jsonl", s),
             on_event=lambda e: writer.append("events.jsonl", e),
             db_port=db_port(database.url) if database.url else None,
         )
         sampler.start()
-        stack.callback(sampler.stop)
+        self.stack.callback(sampler.stop)
         if database.is_postgres:
-            watcher = PgWatcher(database.url, t0, lambda r: writer.append("db.jsonl", r))
+            watcher = PgWatcher(database.url, self.t0, lambda r: writer.append("db.jsonl", r))
             watcher.start()
-            stack.callback(watcher.stop)
-        profile_at = scenario.agent.profile_at_s if server is not None and scenario.app.agent else 0.0
-        stack.enter_context(fleet)
-        planned_s = scenario.planned_duration_s
-        while not fleet.finished():
-            if profile_at and time.time() - t0 >= profile_at:
-                request_profile(writer.path, 1, scenario.agent.profile_for_s)
-                writer.append("events.jsonl", {"t": round(time.time() - t0, 3), "kind": "profile-requested",
-                                               "seconds": scenario.agent.profile_for_s})
-                profile_at = 0.0
-            if server is not None and not server.alive():
-                writer.append("events.jsonl", {"t": round(time.time() - t0, 3), "kind": "target-died"})
-                raise TargetDiedError(
-                    f"the target exited mid-run (code {server.proc.returncode}); partial results kept. "
-                    f"Its stderr:\n{stderr_tail(server.stderr_path)}"
-                )
+            self.stack.callback(watcher.stop)
+
+    @property
+    def agent_on(self) -> bool:
+        return self.server is not None and self.scenario.app.agent
+
+    def now(self) -> float:
+        """Seconds since t0."""
+        return time.time() - self.t0
+
+    def next_start(self) -> float:
+        """The next whole second since t0 that leaves drivers time to start."""
+        return float(max(0, math.ceil(self.now() + 0.6)))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.writer.append("events.jsonl", {"t": round(self.now(), 3) if self.t0 else None, "kind": kind, **fields})
+
+    def drive(self, scenario: Scenario, start_s: float, profile_at: float = 0.0) -> list[dict[str, Any]]:
+        """Run one fleet for ``scenario``'s load from ``start_s``; return its driver records."""
+        records: list[dict[str, Any]] = []
+
+        def on_record(r: dict[str, Any]) -> None:
+            self.writer.append("driver.jsonl", r)
+            self.live.add(r)
+            records.append(r)
+
+        plans = shard_plans(scenario, self.host, self.port, self.t0, self.drivers, start_s)
+        self.fleet = DriverFleet(plans, on_record, self.writer.path)
+        planned = scenario.planned_duration_s
+        with self.fleet as fleet:
+            while not fleet.finished():
+                if profile_at and self.agent_on and self.now() >= profile_at:
+                    self.request_profile(self.scenario.agent.profile_for_s)
+                    profile_at = 0.0
+                self.check_target()
+                check_driver(fleet)
+                rps, p99 = self.live.latest()
+                self.progress(Progress(max(0.0, self.now()), start_s + planned if planned else None, rps, p99,
+                                       self.live.requests, self.live.errors, scenario.planned_requests))
+                time.sleep(0.25)
             check_driver(fleet)
-            rps, p99 = live.latest()
-            progress(Progress(max(0.0, time.time() - t0), planned_s, rps, p99, live.requests, live.errors,
-                              scenario.planned_requests))
-            time.sleep(0.25)
-        check_driver(fleet)
-        if profile_at == 0.0 and scenario.agent.profile_at_s and server is not None and scenario.app.agent:
-            wait_for_profiles(writer.path, [p.pid for p in server.workers()], scenario.agent.profile_for_s + 10)
-    except (KeyboardInterrupt, HarnessError) as e:
-        writer.append("events.jsonl", {"t": None, "kind": "stopped", "why": type(e).__name__})
-        raise
-    finally:
-        with shielded():
-            stack.close()
+        if self.profiles and profile_at == 0.0:
+            self.wait_for_profiles()
+        return records
+
+    def check_target(self) -> None:
+        server = self.server
+        if server is not None and not server.alive():
+            self.event("target-died")
+            raise TargetDiedError(
+                f"the target exited mid-run (code {server.proc.returncode}); partial results kept. "
+                f"Its stderr:\n{stderr_tail(server.stderr_path)}"
+            )
+
+    def request_profile(self, seconds: float) -> None:
+        """Ask every worker's agent to profile the next ``seconds``."""
+        self.profiles += 1
+        self.profile_seconds = seconds
+        request_profile(self.writer.path, self.profiles, seconds)
+        self.event("profile-requested", seconds=seconds, id=self.profiles)
+
+    def wait_for_profiles(self) -> None:
+        if self.server is not None:
+            wait_for_profiles(self.writer.path, [p.pid for p in self.server.workers()], self.profile_seconds + 10)
+
+
+def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say: Callable[[str], None]) -> None:
+    """Diagnose mode: calibrate, step the load ×factor until something gives, then hold at the knee and profile."""
+    load = scenario.load
+    users = min(load.users if load.model == "closed" else 32, opts.max_users)
+    start = session.next_start()
+    records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start)
+    session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
+    calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users, Recording(run={}, driver_records=tuple(records)).seconds)
+    capacity = calib.achieved_rps if calib else 0.0
+    say(f"calibration: {users} users → {capacity:,.0f} req/s")
+    level: float = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
+    baseline = 0.0
+    slo = scenario.slo
+    knee_level = None
+    for index in range(1, 100):
+        if session.now() + opts.step_s + opts.hold_s > opts.max_time_s:
+            say(f"stopping: the next step would pass --max-time {opts.max_time_s:.0f}s")
+            break
+        start = session.next_start()
+        step = (_with_load(scenario, model="closed", users=int(level), duration_s=opts.step_s) if opts.closed else
+                _with_load(scenario, model="open", rate=level, duration_s=opts.step_s))
+        records = session.drive(step, start)
+        offered, users_ = (None, int(level)) if opts.closed else (round(level, 2), None)
+        session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_)
+        stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_,
+                                   Recording(run={}, driver_records=tuple(records)).seconds)
+        if stage is None:
+            break
+        tail = stage.p99_ms if stage.requests >= MIN_REQUESTS_FOR_P99 else stage.p90_ms
+        baseline = baseline or tail or 1.0
+        why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
+        say(f"step {index}: {_level(level, opts.closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 {stage.p99_ms:,.1f} ms, "
+            f"errors {stage.error_rate:.1%}" + (f"  ← knee: {why}" if why else ""))
+        if why:
+            knee_level = level
+            break
+        nxt = level * opts.factor
+        if (opts.closed and nxt > opts.max_users) or (not opts.closed and nxt > opts.max_rate):
+            say(f"stopping: the next step would pass --max-{'users' if opts.closed else 'rate'}")
+            break
+        level = nxt
+    hold = knee_level or level
+    if session.agent_on and opts.hold_s > 0:
+        start = session.next_start()
+        say(f"holding at {_level(hold, opts.closed)} for {opts.hold_s:.0f} s to profile the workers")
+        session.request_profile(opts.hold_s)
+        hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=opts.hold_s + 1) if opts.closed else
+                     _with_load(scenario, model="open", rate=hold, duration_s=opts.hold_s + 1))
+        session.drive(hold_load, start)
+        session.event("stage", phase="hold", t_start=start, t_end=start + opts.hold_s + 1,
+                      offered_rps=None if opts.closed else round(hold, 2), users=int(hold) if opts.closed else None)
+
+
+def _level(level: float, closed: bool) -> str:
+    return f"{int(level)} users" if closed else f"{level:,.0f} req/s offered"
+
+
+def _with_load(scenario: Scenario, **load: Any) -> Scenario:
+    """The scenario with a fresh load section (timeout and drivers kept)."""
+    base = scenario.load
+    return dataclasses.replace(scenario, load=LoadConfig(timeout_s=base.timeout_s, drivers=base.drivers,
+                                                         connections=base.connections, think_time_s=base.think_time_s
+                                                         if load.get("model") == "closed" else 0.0, **load))

@@ -56,7 +56,7 @@ def summarize(rec: Recording, verdict: dict[str, Any] | None = None) -> dict[str
             "fds_max": int(max_of(server_fds)),
             "driver_cpu_p90": round(p90_of_busiest(driver_cpu), 3),
         },
-        "events": [e for e in rec.events if e.get("kind") != "stopped"],
+        "events": [e for e in rec.events if e.get("kind") in ("worker-started", "worker-exited", "target-died")],
         "agent": summarize_inside(rec, window),
         "verdict": verdict,
     }

@@ -54,11 +54,15 @@ def weighted_cycle(weights: list[int]) -> list[int]:
     return order
 
 
-def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: int) -> list[dict[str, Any]]:
-    """One JSON-able plan per driver process; together they make the scenario's load exactly."""
+def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: int,
+                start_s: float = 0.0) -> list[dict[str, Any]]:
+    """One JSON-able plan per driver process; together they make the scenario's load exactly.
+
+    Seconds are counted from ``t0``; the load itself begins ``start_s`` later (a diagnose step).
+    """
     load = scenario.load
     base = {
-        "host": host, "port": port, "t0": t0, "model": load.model, "timeout_s": load.timeout_s,
+        "host": host, "port": port, "t0": t0, "start_s": start_s, "model": load.model, "timeout_s": load.timeout_s,
         "requests": [{"label": r.label, "bytes": request_bytes(r, host, port)} for r in scenario.requests],
         "cycle": weighted_cycle([r.weight for r in scenario.requests]),
         "loops": load.loops, "duration_s": load.duration_s, "think_time_s": load.think_time_s,
@@ -68,14 +72,14 @@ def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: in
         shape = closed_shape(load)
         drivers = max(1, min(drivers, load.users))
         for k in range(drivers):
-            offsets = [round(shape.start_offset(u), 6) for u in range(k, load.users, drivers)]
+            offsets = [round(start_s + shape.start_offset(u), 6) for u in range(k, load.users, drivers)]
             plans.append({**base, "driver": k, "user_offsets": offsets})
     else:
         shape = open_shape(load).scaled(1.0 / drivers)
         connections = load.connections or 10_000
         for k in range(drivers):
             plans.append({
-                **base, "driver": k, "points": [list(p) for p in shape.points],
+                **base, "driver": k, "points": [[t + start_s, r] for t, r in shape.points],
                 "connections": max(1, connections // drivers),
                 "phase": k / drivers,  # staggers the shards so their arrivals interleave
             })

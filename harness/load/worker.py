@@ -157,8 +157,9 @@ class Driver:
         self.finished = loop.create_future()
         # one clock for everything: perf_counter, anchored to the shared epoch start t0
         self.t0p = time.perf_counter() + (float(plan["t0"]) - time.time())
+        self.start_s = float(plan.get("start_s", 0.0))  # this shard starts this long after t0 (diagnose steps)
         self.cpu_mark = (time.perf_counter(), time.process_time())
-        self.second = 0
+        self.second = int(self.start_s)
         self.users_active = 0
         self.pending: collections.deque[tuple[float, int]] = collections.deque()
         self.idle: list[Conn] = []
@@ -240,7 +241,7 @@ class Driver:
         for off in offsets:
             self.loop.call_at(self.loop_time(self.t0p + off), self.user_send, User(), self.t0p + off)
         if self.plan["duration_s"]:
-            self.loop.call_at(self.loop_time(self.t0p + self.plan["duration_s"]), self.end_dispatch)
+            self.loop.call_at(self.loop_time(self.t0p + self.start_s + self.plan["duration_s"]), self.end_dispatch)
         if not offsets:
             self.end_dispatch()
 
@@ -286,8 +287,8 @@ class Driver:
         self.shape_end = self.points[-1][0] if self.points else 0.0
         self.max_conns = int(self.plan["connections"])
         self.credit = float(self.plan.get("phase", 0.0))
-        self.last_rel = 0.0
-        self.loop.call_at(self.loop_time(self.t0p), self.tick)
+        self.last_rel = self.points[0][0] if self.points else 0.0
+        self.loop.call_at(self.loop_time(self.t0p + self.last_rel), self.tick)
 
     def rate_at(self, rel: float) -> float:
         pts = self.points
@@ -429,11 +430,11 @@ class Driver:
             self.finished.set_result(None)
 
     async def run(self) -> None:
-        delay = self.t0p - time.perf_counter()
+        delay = self.t0p + self.start_s - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         self.cpu_mark = (time.perf_counter(), time.process_time())
-        self.loop.call_at(self.loop_time(self.t0p + 1), self.flush_second)
+        self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
         self.loop.call_later(SWEEP_S, self.sweep)
         if self.plan["model"] == "closed":
             self.start_closed()

@@ -9,7 +9,7 @@ from typing import Any
 
 from harness.load.shapes import OpenShape
 from harness.recording import Recording
-from harness.report.plots import inside_png, timeline_png
+from harness.report.plots import inside_png, knee_png, timeline_png
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
@@ -85,18 +85,54 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def render_html(rec: Recording, summary: dict[str, Any]) -> str:
-    """The whole report page."""
-    png = base64.b64encode(timeline_png(rec, offered_curve(rec))).decode()
+def verdict_section(summary: dict[str, Any], diagnosis: Any) -> str:
+    """The verdict in words, its evidence and fix, secondary findings, the knee plot and USL figures."""
+    v = summary.get("verdict")
+    if not v:
+        return "<p class='muted'>No diagnosis was made for this run.</p>"
+    site = v.get("call_site")
+    onset = v.get("onset") or {}
+    rows = [("bottleneck", v["bottleneck"]), ("confidence", f"{v['confidence']:.0%}")]
+    if onset:
+        rows.append(("onset", f"t = {onset.get('t_s')} s, offered {onset.get('offered_rps')} req/s, users {onset.get('users')}"))
+    if site:
+        rows.append(("call site", f"{site['file']}:{site['line']} in {site['function']}()"))
+    if v.get("hotspot"):
+        rows.append(("hotspot", v["hotspot"]))
+    parts = [f"<div class='verdict'><b>{html.escape(v['bottleneck'])}</b> — {html.escape(v['summary'])}</div>",
+             f"<table>{_rows(rows)}</table>"]
+    if v.get("evidence"):
+        parts.append("<h3>Evidence</h3><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in v["evidence"]) + "</ul>")
+    if v.get("recommendation"):
+        parts.append(f"<h3>What to change</h3><p>{html.escape(v['recommendation'])}</p>")
+    if v.get("secondary"):
+        parts.append("<h3>Also found</h3><ul>" + "".join(
+            f"<li><b>{html.escape(s['bottleneck'])}</b>: {html.escape(s['summary'])}</li>" for s in v["secondary"]) + "</ul>")
+    if diagnosis is not None and diagnosis.stages:
+        png = knee_png(diagnosis.stages, diagnosis.knee, onset.get("t_s"))
+        parts.append(f"<h3>Load stages and the knee</h3><img alt='knee' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        parts.append(_table(
+            ["stage", "offered req/s", "users", "achieved req/s", "p50 ms", "p99 ms", "errors", "worker CPU", "loop lag p99 ms"],
+            [[s.index, f"{s.offered_rps:.0f}" if s.offered_rps is not None else "", s.users or "", f"{s.achieved_rps:.0f}",
+              f"{s.p50_ms:.1f}", f"{s.p99_ms:.1f}", f"{s.error_rate:.1%}", f"{s.worker_cpu:.2f}", f"{s.loop_lag_p99_ms:.1f}"]
+             for s in diagnosis.stages]))
+    knee = v.get("knee") or {}
+    if knee.get("usl"):
+        u = knee["usl"]
+        parts.append(f"<p>Universal Scalability Law over {u['stages']} stages: λ = {u['lambda']} req/s per unit of "
+                     f"concurrency, σ (contention) = {u['sigma']}, κ (coherency) = {u['kappa']}"
+                     + (f"; throughput peaks at {u['peak_rps']} req/s near {u['peak_concurrency']} in flight" if u.get("peak_rps") else "")
+                     + ".</p>")
+    return "\n".join(parts)
+
+
+def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Any = None) -> str:
+    """The whole report page, verdict first."""
+    onset = ((summary.get("verdict") or {}).get("onset") or {}).get("t_s")
+    png = base64.b64encode(timeline_png(rec, offered_curve(rec), onset)).decode()
     lat = summary["latency_ms"]
     res = summary["resources"]
     err = summary["errors"]
-    verdict = summary.get("verdict")
-    verdict_html = (
-        f"<div class='verdict'><b>{html.escape(verdict.get('bottleneck', ''))}</b>: "
-        f"{html.escape(verdict.get('summary', ''))}</div>" if verdict else
-        "<p class='muted'>No diagnosis was made for this run.</p>"
-    )
     run = rec.run
     machine = run.get("machine", {})
     events = "".join(
@@ -108,7 +144,7 @@ def render_html(rec: Recording, summary: dict[str, Any]) -> str:
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(summary['scenario'])} <span class="muted">— {html.escape(summary['status'])}, {html.escape(summary['started_at'])}</span></h1>
 <h2>Verdict</h2>
-{verdict_html}
+{verdict_section(summary, diagnosis)}
 <h2>Summary</h2>
 <table>{_rows([
         ("server", f"{summary['server']} × {summary['workers']} worker(s)"),

@@ -24,7 +24,36 @@ def _pyplot() -> Any:
     return plt
 
 
-def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = None) -> bytes:
+def knee_png(stages: list[Any], knee: Any, onset_t: float | None) -> bytes:
+    """Offered vs achieved throughput and p50/p99 per stage, the knee marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(11, 4.5), constrained_layout=True)
+    x = [s.load for s in stages]
+    ax.plot(x, [s.achieved_rps for s in stages], "o-", color="#1f77b4", label="achieved req/s")
+    ax.plot(x, x, ":", color="#999999", label="offered = achieved")
+    ax.set_xlabel("offered load (req/s)" if stages and stages[0].offered_rps is not None else "sent (req/s)")
+    ax.set_ylabel("req/s")
+    lat = ax.twinx()
+    lat.plot(x, [s.p50_ms for s in stages], "s--", color="#2ca02c", label="p50 ms")
+    lat.plot(x, [s.p99_ms for s in stages], "s--", color="#d62728", label="p99 ms")
+    lat.set_yscale("log")
+    lat.set_ylabel("latency (ms)")
+    if knee is not None:
+        at = next((s.load for s in stages if s.index == knee.stage), None)
+        if at is not None:
+            ax.axvline(at, color="#d62728", linewidth=2, alpha=0.4)
+            ax.annotate(f"knee: {knee.reason}", (at, ax.get_ylim()[1] * 0.95), fontsize=8, ha="right", color="#d62728")
+    handles = ax.get_legend_handles_labels()[0] + lat.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + lat.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = None, onset_t: float | None = None) -> bytes:
     """One PNG: throughput, latency, errors, CPU, RSS, FDs and TCP connections against time."""
     plt = _pyplot()
     secs = rec.seconds
@@ -73,6 +102,10 @@ def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = Non
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper left", fontsize=8, ncol=4)
     axes[0].set_xlim(*window)
+    if onset_t is not None:
+        for ax in axes:
+            ax.axvline(onset_t, color="#e6a700", linewidth=2)
+        axes[0].annotate("first bottleneck", (onset_t, axes[0].get_ylim()[1] * 0.9), fontsize=8, color="#e6a700")
     for e in rec.events:
         if e.get("t") is not None and e.get("kind") in ("worker-started", "worker-exited", "target-died"):
             for ax in axes:

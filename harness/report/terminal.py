@@ -44,6 +44,9 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
         rows.append(("driver", f"late {load['late']:,}  dropped {load['dropped']:,}  aborted {load['aborted']:,}"))
     for e in summary.get("events", []):
         rows.append(("event", f"t={e.get('t')} {e.get('kind')} {e.get('pid', '')}"))
+    verdict = summary.get("verdict")
+    if verdict:
+        rows.insert(0, ("verdict", f"{verdict['bottleneck']}: {verdict['summary']}"))
     rows.append(("report", run_dir))
     for k, v in rows:
         table.add_row(k, v)

@@ -1,0 +1,397 @@
+"""Detectors: pure functions ``(Context) -> list[Finding]``, one per kind in the verdict vocabulary.
+
+Each states its rule with the numbers it saw. Thresholds are about the *kind* of signal (a
+worker at 80 % of a core is busy; a loop 50 ms late is blocked), never about one endpoint's
+numbers: apps other than sample_app are diagnosed with them. A detector returns at most one
+finding; ``CAUSAL_ORDER`` is how ties at the same onset are broken.
+"""
+
+from __future__ import annotations
+
+import importlib
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from harness.analysis import inside
+from harness.analysis.knee import Knee
+from harness.analysis.stages import Stage, Timeline, stage_at, sustained_onset
+from harness.load.histogram import Histogram
+from harness.recording import Recording
+
+CAUSAL_ORDER = ("load-generator-saturated", "event-loop-blocked", "cpu-saturated", "threadpool-exhausted",
+                "db-pool-exhausted", "fd-exhausted", "memory-growth", "server-errors")
+
+DRIVER_BUSY = 0.90  # cores, per driver process (each is one thread)
+LATE_SHARE = 0.05  # of sends more than 10 ms behind schedule
+LOOP_BLOCKED_MS = 50.0  # heartbeat p99 lateness that no healthy loop shows
+LOOP_IDLE_CPU = 0.60  # a worker using less than this while its loop is late is waiting, not computing
+WORKER_BUSY = 0.80  # cores: a worker process is CPU-bound
+HOST_BUSY = 0.95  # share of all cores
+FD_NEAR = 0.80  # of RLIMIT_NOFILE
+POOL_WAIT_MS = 10.0  # acquire-time p99 that means requests queue for connections
+ERROR_RATE = 0.01
+MEMORY_SLOPE_MB_S = 0.5
+MEMORY_MIN_SECONDS = 8
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    onset_t: float | None
+    rule: str
+    recommendation: str
+    confidence: float
+    evidence: tuple[str, ...] = ()
+    summary: str = ""
+    call_site: dict[str, Any] | None = None
+    hotspot: str | None = None
+    share: float | None = None
+    onset_offered_rps: float | None = None
+    onset_users: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["evidence"] = list(self.evidence)
+        return d
+
+
+@dataclass(frozen=True)
+class Context:
+    rec: Recording
+    tl: Timeline
+    stages: list[Stage]
+    knee: Knee | None
+    slo_p99_ms: float = 0.0
+    slo_errors: float = 0.0
+    cores: int = 1
+    workers: int = 1
+    calibration: tuple[tuple[float, float], ...] = ()  # diagnose mode's bursts: no onset may come from them
+
+    def steady(self, series: dict[int, float]) -> dict[int, float]:
+        """``series`` without the seconds of calibration bursts."""
+        return {t: v for t, v in series.items() if not any(lo <= t < hi for lo, hi in self.calibration)}
+
+
+def _finding(ctx: Context, kind: str, onset: float | None, **kw: Any) -> Finding:
+    stage = stage_at(ctx.stages, onset) if onset is not None else None
+    return Finding(kind=kind, onset_t=onset, onset_offered_rps=round(stage.load, 1) if stage else None,
+                   onset_users=stage.users if stage else None, **kw)
+
+
+def _site(file: str | None, line: int | None, function: str | None) -> dict[str, Any] | None:
+    return {"file": file, "line": int(line or 0), "function": function} if file else None
+
+
+def _mean_over(series: dict[int, float], start: float | None) -> float:
+    xs = [v for t, v in series.items() if start is None or t >= start]
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+# ---------------------------------------------------------------------------- validity
+
+
+def detect_load_generator(ctx: Context) -> list[Finding]:
+    tl = ctx.tl
+    onset = sustained_onset(tl.driver_cpu, lambda v: v >= DRIVER_BUSY)
+    if onset is not None:
+        return [_finding(ctx, "load-generator-saturated", onset,
+                         rule=f"a driver process used ≥ {DRIVER_BUSY:.0%} of its core from t={onset}s "
+                              f"(peak {max(tl.driver_cpu.values()):.2f})",
+                         recommendation="give the load generator more cores (--drivers N) or run it on another machine; "
+                                        "this run says nothing about the app", confidence=0.9)]
+    secs = ctx.rec.seconds
+    sent, late = sum(s.sent for s in secs), sum(s.late for s in secs)
+    dropped = sum(s.dropped for s in secs)
+    if sent and (late / sent >= LATE_SHARE or dropped):
+        queued = max((s.inflight for s in secs), default=0)
+        server_idle = _server_idle(ctx)
+        if server_idle:
+            first = next((s.t for s in secs if s.late or s.dropped), None)
+            return [_finding(ctx, "load-generator-saturated", first,
+                             rule=f"{late:,} of {sent:,} sends left > 10 ms late and {dropped:,} were dropped "
+                                  f"while the server was idle ({server_idle})",
+                             evidence=(f"up to {queued} requests in flight", ),
+                             recommendation="the driver could not send on schedule: raise [load] connections "
+                                            "(the cap on open connections) or --drivers; the app was not the limit",
+                             confidence=0.8)]
+    return []
+
+
+def _server_idle(ctx: Context) -> str:
+    """A description when the server had capacity to spare (no resource near saturation), else ''."""
+    cpu = max(ctx.tl.worker_cpu.values(), default=0.0)
+    lag = max(ctx.tl.lag_p99_ms.values(), default=0.0)
+    tp = [pt for pts in inside.threadpool(ctx.rec).values() for pt in pts]
+    pools = [p for pts in inside.pools(ctx.rec).values() for p in pts]
+    if cpu >= 0.5 or lag >= LOOP_BLOCKED_MS or any(b >= t and w for _, t, b, w in tp) or any(p.checked_out >= p.capacity for p in pools):
+        return ""
+    return f"worker CPU ≤ {cpu:.2f} cores, loop lag p99 ≤ {lag:.0f} ms, no pool or threadpool full"
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def detect_event_loop_blocked(ctx: Context) -> list[Finding]:
+    tl = ctx.tl
+    onset = sustained_onset(tl.lag_p99_ms, lambda v: v >= LOOP_BLOCKED_MS)
+    if onset is None:
+        return []
+    cpu = _mean_over({t: v for t, v in tl.worker_cpu.items() if tl.lag_p99_ms.get(t, 0) >= LOOP_BLOCKED_MS}, onset)
+    if cpu >= LOOP_IDLE_CPU:
+        return []  # a busy loop is late because it computes: that is cpu-saturated's call
+    sites = [s for s in inside.stall_sites(ctx.rec) if s.site]
+    top = next((s for s in sites if s.kind == "blocking-wait"), sites[0] if sites else None)
+    lag = max(tl.lag_p99_ms.values())
+    site = _site(*top.site) if top and top.site else None
+    where = f"`{top.site[2]}()` at {top.site[0]}:{top.site[1]}" if top and top.site else "code the agent could not see"
+    return [_finding(
+        ctx, "event-loop-blocked", onset,
+        rule=f"loop lag p99 ≥ {LOOP_BLOCKED_MS:.0f} ms from t={onset}s (worst {lag:.0f} ms) while the busiest "
+             f"worker used {cpu:.2f} cores",
+        evidence=tuple(f"{s.count} stalls, {s.total_ms:.0f} ms ({s.share:.0%} of stalled time) in {s.site[2]}() at "
+                       f"{s.site[0]}:{s.site[1]} [{s.kind}]" for s in sites[:3]),
+        call_site=site, share=top.share if top else None,
+        summary=f"the event loop is blocked by {where}" + (f" — {top.share:.0%} of stalled time" if top else ""),
+        recommendation=(f"the call at {top.site[0]}:{top.site[1]} blocks the loop: use its async form "
+                        "(e.g. `await asyncio.sleep`, an async client or driver), or run it in a thread with "
+                        "`await anyio.to_thread.run_sync(...)` (or make the endpoint a plain `def`)" if top and top.site else
+                        "something blocks the loop: profile it (diagnose mode profiles at the knee)"),
+        confidence=0.9 if top and top.share >= 0.5 else 0.6)]
+
+
+HOTSPOT_ADVICE = {
+    "json-serialization": "serialization dominates: return Pydantic models with a response_model (serialized in "
+                          "Rust), use ORJSONResponse, or cache the encoded payload",
+    "logging": "logging dominates: lower the level on the hot path, log once per request, or hand records to a "
+               "QueueHandler so the loop does not format and write them",
+    "validation": "validation dominates: validate less per request (smaller models, `model_construct` for trusted "
+                  "data) or cache validated objects",
+    "db": "database driver code dominates: fetch fewer rows/columns, batch queries, or move work into SQL",
+    "app-code": "the app's own code dominates: optimise the function named below, or move CPU-heavy work to a "
+                "process pool (`loop.run_in_executor(ProcessPoolExecutor())`)",
+    "framework": "per-request framework work dominates: the app does little, the server stack is the cost",
+}
+
+
+def detect_cpu_saturated(ctx: Context) -> list[Finding]:
+    tl = ctx.tl
+    onset = sustained_onset(tl.worker_cpu, lambda v: v >= WORKER_BUSY)
+    host_onset = sustained_onset(tl.host_cpu, lambda v: v >= HOST_BUSY)
+    if onset is None and host_onset is None:
+        return []
+    start = min(t for t in (onset, host_onset) if t is not None)
+    categories, top = inside.hotspots(ctx.rec, (start, float("inf")))
+    shares = inside.busy_shares(categories)
+    hotspot = next(iter(shares), None)
+    frame = next(((c, w, ms) for c, w, ms in top if c == hotspot), None)
+    site = None
+    if frame:
+        where, _, func = frame[1].rpartition(" ")
+        path, _, line = where.rpartition(":")
+        site = _site(path, int(line) if line.isdigit() else 0, func)
+    cpu = max(tl.worker_cpu.values(), default=0.0)
+    if ctx.workers < ctx.cores:
+        scale = (f"this host has {ctx.cores} cores and the app runs {ctx.workers} worker(s): run more workers "
+                 f"(e.g. --workers {ctx.cores})")
+    else:
+        scale = f"every core of this host is in use ({ctx.workers} workers on {ctx.cores} cores): more workers cannot help here"
+    advice = HOTSPOT_ADVICE.get(hotspot or "", "")
+    return [_finding(
+        ctx, "cpu-saturated", start,
+        rule=(f"the busiest worker used ≥ {WORKER_BUSY:.0%} of a core from t={onset}s (peak {cpu:.2f})" if onset is not None
+              else f"the host's cores were ≥ {HOST_BUSY:.0%} busy from t={host_onset}s"),
+        evidence=tuple(f"{k}: {v:.0%} of the loop's busy CPU" for k, v in list(shares.items())[:4])
+                 + ((f"top frame: {frame[1]} ({frame[2]:.0f} ms)",) if frame else ()),
+        hotspot=hotspot, call_site=site, share=shares.get(hotspot or "") if hotspot else None,
+        summary=f"worker CPU is saturated{f', mostly {hotspot}' if hotspot else ''}"
+                + (f" in `{site['function']}()` at {site['file']}:{site['line']}" if site else ""),
+        recommendation="; ".join(x for x in (advice, scale) if x),
+        confidence=0.85 if hotspot else 0.7)]
+
+
+def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
+    full: dict[int, float] = {}
+    waiting_max, total = 0, 0
+    for pts in inside.threadpool(ctx.rec).values():
+        for t, tot, borrowed, waiting in pts:
+            sec = int(t // 1)
+            full[sec] = max(full.get(sec, 0.0), 1.0 if borrowed >= tot and waiting > 0 else 0.0)
+            waiting_max, total = max(waiting_max, waiting), tot
+    onset = sustained_onset(ctx.steady(full), lambda v: v >= 1.0)
+    if onset is None:
+        return []
+    _, top = inside.hotspots(ctx.rec, (onset, float("inf")), source="pool")
+    site = None
+    if top:
+        where, _, func = top[0][1].rpartition(" ")
+        path, _, line = where.rpartition(":")
+        site = _site(path, int(line) if line.isdigit() else 0, func)
+    return [_finding(
+        ctx, "threadpool-exhausted", onset,
+        rule=f"all {total} of anyio's worker-thread tokens were borrowed with tasks waiting from t={onset}s "
+             f"(up to {waiting_max} waiting)",
+        call_site=site,
+        summary=f"sync endpoints queue for anyio's {total} worker threads"
+                + (f"; the threads sit in `{site['function']}()` at {site['file']}:{site['line']}" if site else ""),
+        recommendation=f"make the blocking `def` endpoint async with non-blocking I/O, or raise the limit at startup "
+                       f"(`anyio.to_thread.current_default_thread_limiter().total_tokens = {total * 2}`), or add workers",
+        confidence=0.9)]
+
+
+def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
+    pools = inside.pools(ctx.rec)
+    if not pools:
+        return []
+    full: dict[int, float] = {}
+    waits: dict[int, Histogram] = {}
+    timeouts, cap = 0, 0
+    for pts in pools.values():
+        for p in pts:
+            sec = int(p.t // 1)
+            full[sec] = max(full.get(sec, 0.0), 1.0 if p.checked_out >= p.capacity > 0 else 0.0)
+            waits.setdefault(sec, Histogram()).merge(p.acquire)
+            timeouts += p.timeouts
+            cap = max(cap, p.capacity)
+    wait_p99 = {t: h.percentile(0.99) / 1000 for t, h in waits.items() if h.count}
+    onset = sustained_onset(ctx.steady(full), lambda v: v >= 1.0)
+    if onset is None or (max((v for t, v in wait_p99.items() if t >= onset), default=0.0) < POOL_WAIT_MS and not timeouts):
+        return []
+    after = Histogram.merged(h for t, h in waits.items() if t >= onset)
+    wait_mean_ms = _hist_mean_ms(after)
+    served = inside.routes(ctx.rec)
+    server_ms = sum(_hist_mean_ms(r["hist"]) * r["n"] for r in served.values()) / max(1, sum(r["n"] for r in served.values()))
+    share = wait_mean_ms / server_ms if server_ms else None
+    evidence = [f"acquire wait p99 {after.percentile(0.99) / 1000:.0f} ms after t={onset}s"]
+    if share is not None:
+        evidence.append(f"waiting for a connection is {min(share, 1):.0%} of server-side latency ({wait_mean_ms:.0f} of {server_ms:.0f} ms)")
+    if timeouts:
+        evidence.append(f"{timeouts} pool timeouts (QueuePool limit reached)")
+    evidence.append(_database_busy(ctx))
+    (pid, pool_id), pts = next(iter(pools.items()))
+    return [_finding(
+        ctx, "db-pool-exhausted", onset,
+        rule=f"checked-out connections reached size + overflow = {cap} from t={onset}s and acquire waits grew",
+        evidence=tuple(evidence), share=round(min(share, 1.0), 3) if share is not None else None,
+        summary=f"requests queue for a DB connection: the pool ({pts[-1].size} + {pts[-1].max_overflow} overflow) is always checked out",
+        recommendation=f"raise pool_size/max_overflow (now {pts[-1].size}+{pts[-1].max_overflow}) within what the database "
+                       "accepts, and hold connections for less time (do not keep one checked out across unrelated awaits)",
+        confidence=0.9)]
+
+
+def _database_busy(ctx: Context) -> str:
+    pg = [r for r in ctx.rec.db if r.get("kind") == "postgres"]
+    if pg:
+        peak = max(pg, key=lambda r: r["total"])
+        active = max(r["states"].get("active", 0) for r in pg)
+        busy = peak["total"] >= 0.9 * peak["max_connections"]
+        return (f"PostgreSQL {'was' if busy else 'was not'} the limit: at most {peak['total']} of "
+                f"{peak['max_connections']} connections, {active} active at once")
+    return "the database server was not watched ([database] url unset); SQLite runs inside the worker"
+
+
+def _hist_mean_ms(h: Histogram) -> float:
+    from harness.load.histogram import bucket_value
+
+    n = h.count
+    return sum(bucket_value(b) * c for b, c in h.counts.items()) / n / 1000 if n else 0.0
+
+
+def detect_fd_exhausted(ctx: Context) -> list[Finding]:
+    tl = ctx.tl
+    onset = sustained_onset(tl.fd_ratio, lambda v: v >= FD_NEAR)
+    if onset is None:
+        return []
+    peak = max(tl.fd_ratio.values())
+    exc = inside.exceptions(ctx.rec)
+    oserrors = {route: n for route, by in exc.items() for kind, n in by.items() if kind == "OSError"}
+    first_error = next((t for t in sorted(tl.errors) if tl.errors[t] > 0), None)
+    return [_finding(
+        ctx, "fd-exhausted", onset,
+        rule=f"open file descriptors reached {FD_NEAR:.0%} of RLIMIT_NOFILE at t={onset}s (peak {peak:.0%}, "
+             f"{max(tl.fds.values()):.0f} open)",
+        evidence=tuple([f"errors began at t={first_error}s" if first_error is not None else "no errors yet"]
+                       + [f"{n} OSError (Too many open files?) in {route}" for route, n in oserrors.items()]),
+        summary="file descriptors run out" + (f" (OSError in {', '.join(oserrors)})" if oserrors else ""),
+        recommendation="close what each request opens (use `with` for files and clients; reuse one HTTP client), "
+                       "then raise the limit if it is genuinely needed (`ulimit -n`, systemd LimitNOFILE)",
+        confidence=0.9 if first_error is not None and first_error >= onset else 0.75)]
+
+
+def detect_memory_growth(ctx: Context) -> list[Finding]:
+    pts = sorted(ctx.tl.rss_mb.items())
+    if len(pts) < MEMORY_MIN_SECONDS:
+        return []
+    tail = pts[len(pts) // 4:]  # leave the warm-up out
+    slope, lo, hi = theil_sen(tail)
+    growth = tail[-1][1] - tail[0][1]
+    if lo <= 0 or slope < MEMORY_SLOPE_MB_S or growth < max(10.0, 0.1 * tail[0][1]):
+        return []
+    base = pts[0][1]
+    onset = next((t for t, v in pts if v > base * 1.1 + 5), tail[0][0])
+    return [_finding(
+        ctx, "memory-growth", onset,
+        rule=f"worker RSS grew {slope:.1f} MB/s (95% interval {lo:.1f}–{hi:.1f}, excluding 0) from {tail[0][1]:.0f} "
+             f"to {tail[-1][1]:.0f} MB",
+        summary=f"memory grows without bound under load ({slope:.1f} MB/s)",
+        recommendation="something keeps objects per request (a module-level list or dict, an unbounded cache): "
+                       "compare `tracemalloc` snapshots between two moments under load and bound what grows",
+        confidence=0.85)]
+
+
+def theil_sen(points: list[tuple[int, float]]) -> tuple[float, float, float]:
+    """(slope, low, high): the median pairwise slope and its 2.5/97.5 percentiles."""
+    slopes = sorted((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1:] if x2 != x1)
+    if not slopes:
+        return 0.0, 0.0, 0.0
+    q = lambda p: slopes[min(len(slopes) - 1, int(p * len(slopes)))]  # noqa: E731
+    return statistics.median(slopes), q(0.025), q(0.975)
+
+
+def detect_server_errors(ctx: Context) -> list[Finding]:
+    rate = {s.t: s.errors / s.completed for s in ctx.rec.seconds if s.completed}
+    limit = max(ctx.slo_errors, ERROR_RATE)
+    onset = sustained_onset(ctx.steady(rate), lambda v: v > limit)
+    if onset is None:
+        return []
+    kinds: dict[str, int] = {}
+    for s in ctx.rec.seconds:
+        for k, n in s.outcomes.items():
+            if k != "ok":
+                kinds[k] = kinds.get(k, 0) + n
+    exc = inside.exceptions(ctx.rec)
+    return [_finding(
+        ctx, "server-errors", onset,
+        rule=f"error rate above {limit:.0%} from t={onset}s ({', '.join(f'{k} {n:,}' for k, n in kinds.items())})",
+        evidence=tuple(f"{route}: {by}" for route, by in exc.items()),
+        summary="the app fails (" + ", ".join(kinds) + ") before any resource saturates",
+        recommendation="read server.stderr.log and the exceptions by route in the report; fix the failing code path",
+        confidence=0.7)]
+
+
+BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {
+    "load-generator-saturated": detect_load_generator,
+    "event-loop-blocked": detect_event_loop_blocked,
+    "cpu-saturated": detect_cpu_saturated,
+    "threadpool-exhausted": detect_threadpool_exhausted,
+    "db-pool-exhausted": detect_db_pool_exhausted,
+    "fd-exhausted": detect_fd_exhausted,
+    "memory-growth": detect_memory_growth,
+    "server-errors": detect_server_errors,
+}
+
+
+def load_detector(spec: str) -> Callable[[Context], list[Finding]]:
+    """A built-in detector by kind, or ``package.module:function`` for your own."""
+    if spec in BUILTIN:
+        return BUILTIN[spec]
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def run_detectors(ctx: Context, extra: tuple[str, ...] = ()) -> list[Finding]:
+    """Every detector's findings, in causal order."""
+    out: list[Finding] = []
+    for spec in (*CAUSAL_ORDER, *extra):
+        out += load_detector(spec)(ctx)
+    return out
