@@ -355,14 +355,19 @@ class Session:
 def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say: Callable[[str], None]) -> None:
     """Diagnose mode: calibrate, step the load ×factor until something gives, then hold at the knee and profile."""
     load = scenario.load
-    users = min(load.users if load.model == "closed" else 32, opts.max_users)
-    start = session.next_start()
-    records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start)
-    session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
-    calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users, Recording(run={}, driver_records=tuple(records)).seconds)
-    capacity = calib.achieved_rps if calib else 0.0
-    say(f"calibration: {users} users → {capacity:,.0f} req/s")
-    level: float = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
+    if load.model == "open":
+        # the scenario names a rate: start there (a calibration burst would also run leaks dry before the first step)
+        level: float = min(load.stages[0].rate if load.stages else load.rate, opts.max_rate)
+    else:
+        users = min(load.users, opts.max_users)
+        start = session.next_start()
+        records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start)
+        session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
+        calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users,
+                                   Recording(run={}, driver_records=tuple(records)).seconds)
+        capacity = calib.achieved_rps if calib else 0.0
+        say(f"calibration: {users} users → {capacity:,.0f} req/s")
+        level = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
     baseline = 0.0
     slo = scenario.slo
     knee_level = None

@@ -28,6 +28,7 @@ LOOP_BLOCKED_MS = 50.0  # heartbeat p99 lateness that no healthy loop shows
 LOOP_IDLE_CPU = 0.60  # a worker using less than this while its loop is late is waiting, not computing
 WORKER_BUSY = 0.80  # cores: a worker process is CPU-bound
 HOST_BUSY = 0.95  # share of all cores
+HOST_WORKER_SHARE = 0.6  # cores per worker, on average, for a full host to count as the workers' doing
 FD_NEAR = 0.80  # of RLIMIT_NOFILE
 POOL_WAIT_MS = 10.0  # acquire-time p99 that means requests queue for connections
 ERROR_RATE = 0.01
@@ -177,7 +178,10 @@ HOTSPOT_ADVICE = {
 def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     tl = ctx.tl
     onset = sustained_onset(tl.worker_cpu, lambda v: v >= WORKER_BUSY)
-    host_onset = sustained_onset(tl.host_cpu, lambda v: v >= HOST_BUSY)
+    # several workers starved together on a full host: count the host only when the workers are what fills it
+    crowded = {t: v for t, v in tl.host_cpu.items()
+               if len(tl.worker_cpu_all.get(t, ())) > 1 and statistics.mean(tl.worker_cpu_all[t]) >= HOST_WORKER_SHARE}
+    host_onset = sustained_onset(crowded, lambda v: v >= HOST_BUSY)
     if onset is None and host_onset is None:
         return []
     start = min(t for t in (onset, host_onset) if t is not None)
@@ -319,7 +323,9 @@ def detect_fd_exhausted(ctx: Context) -> list[Finding]:
 
 
 def detect_memory_growth(ctx: Context) -> list[Finding]:
-    pts = sorted(ctx.tl.rss_mb.items())
+    # past the knee, queued requests and connections legitimately take memory: judge the load the app held
+    before = ctx.knee.t_s if ctx.knee else float("inf")
+    pts = sorted((t, v) for t, v in ctx.tl.rss_mb.items() if t < before)
     if len(pts) < MEMORY_MIN_SECONDS:
         return []
     tail = pts[len(pts) // 4:]  # leave the warm-up out

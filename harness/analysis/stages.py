@@ -191,11 +191,9 @@ def _mean(xs: list[float]) -> float:
 
 
 def stage_at(stages_: list[Stage], t: float) -> Stage | None:
-    """The stage running at time ``t``."""
-    for s in stages_:
-        if s.t_start <= t < s.t_end:
-            return s
-    return stages_[-1] if stages_ and t >= stages_[-1].t_end else None
+    """The stage running at time ``t`` (between two stages: the one that just ran)."""
+    started = [s for s in stages_ if s.t_start <= t]
+    return started[-1] if started else None
 
 
 def sustained_onset(series: dict[int, float], test: Callable[[float], bool], need: int = 2, within: int = 3) -> int | None:

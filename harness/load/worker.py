@@ -175,13 +175,16 @@ class Driver:
         conn.ri = ri
         conn.t_start = t_start
         conn.t_sent = now
-        conn.transport.write(self.requests[ri])  # type: ignore[union-attr]
+        try:
+            conn.transport.write(self.requests[ri])  # type: ignore[union-attr]
+        except RuntimeError:  # uvloop: the peer closed it and connection_lost is still queued
+            self.fail(conn, RESET)
 
     def attempt(self, conn: Conn | None, owner: User | None, ri: int, t_start: float, now: float) -> None:
         """Send on ``conn`` when it is usable, else open a new connection first."""
         self.cur.sent += 1
         self.inflight += 1
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
             self.write(conn, ri, t_start, now)
             return
         self.open_conns += 1
@@ -219,7 +222,7 @@ class Driver:
     def fail(self, conn: Conn, kind: int) -> None:
         conn.busy = False
         conn.closed = True
-        if conn.transport is not None:
+        if conn.transport is not None and not conn.transport.is_closing():
             conn.transport.abort()
         self.count(kind, conn.ri)
         self.after(conn, conn.owner, time.perf_counter())
@@ -263,7 +266,7 @@ class Driver:
             return
         if self.think:
             self.loop.call_later(self.think, self.user_send, user, now + self.think)
-        elif conn is not None and not conn.closed:
+        elif conn is not None and not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
             # the common case, inlined: same connection, next request at once
             ri = self.next_request() if self.mixed else 0
             self.cur.sent += 1
@@ -271,7 +274,10 @@ class Driver:
             conn.busy = True
             conn.ri = ri
             conn.t_start = conn.t_sent = now
-            conn.transport.write(self.requests[ri])  # type: ignore[union-attr]
+            try:
+                conn.transport.write(self.requests[ri])  # type: ignore[union-attr]
+            except RuntimeError:  # uvloop: the peer closed it and connection_lost is still queued
+                self.fail(conn, RESET)
         else:
             self.attempt(conn, user, self.next_request(), now, now)
 
@@ -370,7 +376,7 @@ class Driver:
         for conn in self.conns:
             if conn.busy and now - conn.t_sent > self.timeout:
                 self.fail(conn, TIMEOUT)
-        self.conns = [c for c in self.conns if not c.closed]
+        self.conns = [c for c in self.conns if not c.closed or c.busy]
         while self.pending and now - self.pending[0][0] > self.timeout:
             self.pending.popleft()
             self.cur.dropped += 1
