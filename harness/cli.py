@@ -60,6 +60,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", help="run directory (default: reports/<timestamp>-<name>/)")
     out.add_argument("--quiet", action="store_true", help="no progress line")
+    out.add_argument("--detector", action="append", default=[], metavar="MODULE:FUNCTION",
+                     help="an extra detector of your own, run after the built-in ones (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,7 +199,7 @@ class ProgressPrinter:
             sys.stderr.write("\n")
 
 
-def write_reports(run_dir: Path) -> dict[str, Any]:
+def write_reports(run_dir: Path, detectors: Sequence[str] = ()) -> dict[str, Any]:
     """Load the run back, diagnose it, render summary.json and report.html into it; return the summary."""
     from harness.analysis.summary import summarize
     from harness.analysis.verdict import diagnose
@@ -206,7 +208,10 @@ def write_reports(run_dir: Path) -> dict[str, Any]:
     from harness.report.summary_json import render_summary_json
 
     rec = Recording.load(run_dir)
-    diagnosis = diagnose(rec)
+    try:
+        diagnosis = diagnose(rec, tuple(detectors))
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--detector: {e}; give an importable package.module:function") from None
     summary = summarize(rec, diagnosis.verdict)
     (run_dir / "summary.json").write_text(render_summary_json(summary))
     (run_dir / "report.html").write_text(render_html(rec, summary, diagnosis))
@@ -245,7 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if failure is not None:
             raise failure
         return 0
-    summary = write_reports(run_dir)
+    summary = write_reports(run_dir, args.detector)
     print(format_summary(summary, str(run_dir)))
     if failure is not None:
         raise failure

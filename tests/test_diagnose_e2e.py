@@ -1,0 +1,89 @@
+"""The known-answer suite: each sample_app bottleneck, driven for real, gets its verdict."""
+
+from __future__ import annotations
+
+import html
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import APPS, ROOT, harness_cmd
+
+MAIN = ROOT / "sample_app" / "main.py"
+
+
+def cli(env, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(harness_cmd(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def line_of(needle: str) -> int:
+    return next(i for i, line in enumerate(MAIN.read_text().splitlines(), 1) if needle in line)
+
+
+def verdict_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())["verdict"]
+
+
+@pytest.mark.parametrize("scenario,kind,hotspot,site", [
+    ("blocking", "event-loop-blocked", None, ("blocking", "time.sleep(0.05)")),
+    ("cpu_json", "cpu-saturated", "json-serialization", None),
+    ("log", "cpu-saturated", "logging", ("log_heavily", "log.info(")),
+    ("db", "db-pool-exhausted", None, None),
+    ("sync_sleep", "threadpool-exhausted", None, ("sync_sleep", "time.sleep(0.1)")),
+    ("leak_fd", "fd-exhausted", None, None),
+    ("leak_memory", "memory-growth", None, None),
+    ("fast", "cpu-saturated", None, None),
+])
+def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, site):
+    out = tmp_path / "run"
+    p = cli(env, "diagnose", str(ROOT / "scenarios" / f"{scenario}.toml"), "--out", str(out), "--max-time", "50s")
+    assert p.returncode == 0, p.stderr[-3000:]
+    v = verdict_of(out)
+    assert v["bottleneck"] == kind, v["summary"]
+    if hotspot:
+        assert v["hotspot"] == hotspot
+    if site:
+        assert (v["call_site"]["file"], v["call_site"]["function"], v["call_site"]["line"]) == (str(MAIN), site[0], line_of(site[1]))
+    if scenario == "fast":
+        assert v["hotspot"] in ("framework", "app-code") and "more workers" in v["recommendation"]
+    assert v["summary"].startswith("First bottleneck:") and html.escape(v["summary"]) in (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["duration_s"] <= 60  # within a minute of load
+    assert v["summary"].split(":")[0] in p.stdout
+
+
+def test_health_at_a_load_it_holds_is_none(tmp_path, env):
+    out = tmp_path / "run"
+    p = cli(env, "run", str(ROOT / "scenarios" / "health.toml"), "--duration", "6s", "--out", str(out), "--quiet", "--check")
+    assert p.returncode == 0, p.stderr
+    v = verdict_of(out)
+    assert v["bottleneck"] == "none" and v["secondary"] == []
+
+
+def test_a_starved_driver_makes_the_run_invalid(tmp_path, env):
+    out = tmp_path / "run"
+    p = cli(env, "run", str(ROOT / "scenarios" / "health.toml"), "--duration", "5s", "--rate", "1000",
+            "--set", "load.connections=2", "--out", str(out), "--quiet")
+    assert p.returncode == 3, p.stderr
+    assert verdict_of(out)["bottleneck"] == "load-generator-saturated"
+    assert "the run is invalid" in p.stderr
+
+
+def test_check_fails_a_broken_slo(tmp_path, env):
+    out = tmp_path / "run"
+    p = cli(env, "run", str(ROOT / "scenarios" / "blocking.toml"), "--duration", "3s", "--slo-p99", "20ms",
+            "--check", "--out", str(out), "--quiet")
+    assert p.returncode == 1 and "SLO broken: p99" in p.stderr
+
+
+def test_inline_app_from_any_directory(tmp_path, env):
+    out = tmp_path / "run"
+    p = cli(env, "diagnose", "--app", "custom_app:app", "--app-dir", str(APPS), "--get", "/items/3",
+            "--users", "8", "--max-time", "25s", "--slo-p99", "500ms", "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scenario"] == "custom_app" and summary["errors"]["total"] == 0
+    assert summary["verdict"]["bottleneck"] in ("cpu-saturated", "none")
+    assert summary["duration_s"] <= 25
