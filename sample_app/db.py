@@ -52,8 +52,11 @@ def make_engine() -> AsyncEngine:
 
 async def create_schema(engine: AsyncEngine) -> None:
     """Create and seed the items table once (several workers may race here)."""
-    async with engine.begin() as conn:
-        await conn.run_sync(lambda c: Base.metadata.create_all(c, checkfirst=True))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: Base.metadata.create_all(c, checkfirst=True))
+    except Exception:
+        pass  # another worker created it between the check and the CREATE
     try:
         async with engine.begin() as conn:
             count = (await conn.execute(select(func.count()).select_from(Item))).scalar_one()

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import psutil
 import pytest
@@ -17,6 +20,26 @@ APPS = Path(__file__).resolve().parent / "apps"
 def harness_cmd(*args: str) -> list[str]:
     """The CLI as a user runs it, with this checkout's interpreter."""
     return [sys.executable, "-m", "harness", *args]
+
+
+@contextlib.contextmanager
+def cli_in_background(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen]:
+    """The CLI running in the background; killed on the way out if the test did not end it."""
+    proc = subprocess.Popen(harness_cmd(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 60) -> None:
+    """Poll ``ready()`` while ``proc`` runs; fail with its output if it exits or time runs out first."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
 
 
 LEFTOVER_MARKS = ("harness.load.worker", "uvicorn", "gunicorn", "sample_app", "tests/apps", "postgres")

@@ -7,14 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from harness.recording import Recording
-from tests.conftest import APPS, ROOT, harness_cmd
+from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
 
 SCENARIOS = ROOT / "scenarios"
 
@@ -88,20 +86,11 @@ def test_hotspot_categories(tmp_path, env, scenario, category):
 
 def test_every_worker_streams_including_a_respawned_one(tmp_path, env):
     out = tmp_path / "run"
-    proc = subprocess.Popen(harness_cmd("run", str(SCENARIOS / "smoke.toml"), "--duration", "10s", "--out", str(out), "--quiet"),
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(list(out.glob("agent-*.jsonl"))) < 2 or not _has_load(out):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
+    with cli_in_background(env, "run", str(SCENARIOS / "smoke.toml"), "--duration", "10s", "--out", str(out), "--quiet") as proc:
+        wait_until(proc, lambda: len(list(out.glob("agent-*.jsonl"))) >= 2 and _has_load(out))
         victim = int(sorted(out.glob("agent-*.jsonl"))[0].stem.split("-")[1])
         os.kill(victim, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr
     rec = Recording.load(out)
     kinds = {(e["kind"], e.get("pid")) for e in rec.events}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.recording import Recording
-from tests.conftest import APPS, ROOT, harness_cmd
+from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
 
 SMOKE = str(ROOT / "scenarios" / "smoke.toml")
 
@@ -96,19 +96,10 @@ def test_factory_app_under_each_server(tmp_path, env, server):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_run_keeps_a_partial_report(tmp_path, env, sig):
     out = tmp_path / "run"
-    proc = subprocess.Popen(harness_cmd("run", SMOKE, "--duration", "60s", "--out", str(out), "--quiet"),
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while _lines(out / "driver.jsonl") < 2:  # wait for two seconds of real load
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.1)
+    with cli_in_background(env, "run", SMOKE, "--duration", "60s", "--out", str(out), "--quiet") as proc:
+        wait_until(proc, lambda: _lines(out / "driver.jsonl") >= 2)  # two seconds of real load
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert ("Ctrl-C" if sig == signal.SIGINT else "SIGTERM") in stderr and "Traceback" not in stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -36,7 +36,8 @@ def knee_png(stages: list[Any], knee: Any, onset_t: float | None) -> bytes:
     lat = ax.twinx()
     lat.plot(x, [s.p50_ms for s in stages], "s--", color="#2ca02c", label="p50 ms")
     lat.plot(x, [s.p99_ms for s in stages], "s--", color="#d62728", label="p99 ms")
-    lat.set_yscale("log")
+    if any(s.p99_ms > 0 for s in stages):
+        lat.set_yscale("log")
     lat.set_ylabel("latency (ms)")
     if knee is not None:
         at = next((s.load for s in stages if s.index == knee.stage), None)
