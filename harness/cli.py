@@ -82,6 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
     bounds.add_argument("--max-time", default="60s", help='total load time, profile window included (default "60s")')
     bounds.add_argument("--step", default="4s", help='how long each step is held (default "4s")')
     bounds.add_argument("--closed", action="store_true", help="step virtual users instead of the arrival rate")
+    comp = sub.add_parser("compare", help="run a matrix of configurations and rank them",
+                          description="Run every configuration (interleaved, repeated) in diagnose mode or at a fixed "
+                                      "load, and compare throughput within the SLO, latency, CPU cost and bottlenecks.")
+    comp.add_argument("scenario", help="the base scenario .toml file")
+    comp.add_argument("--workers", help="worker counts to try, e.g. 1,2,4")
+    comp.add_argument("--server", help="servers to try, e.g. uvicorn,gunicorn")
+    comp.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
+                      help="vary any scenario field, e.g. --set app.env.SAMPLE_APP_POOL_SIZE=5,10,20 (repeatable)")
+    comp.add_argument("--fixed", action="store_true", help="run each configuration at the scenario's own load instead of diagnosing")
+    comp.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times, interleaved (default 1)")
+    comp.add_argument("--max-configs", type=int, default=12, help="refuse larger matrices (runs × repeats) without --yes")
+    comp.add_argument("--yes", action="store_true", help="run a matrix larger than --max-configs")
+    comp.add_argument("--duration", help="with --fixed: how long each run drives load")
+    comp.add_argument("--max-rate", type=float, default=100_000.0)
+    comp.add_argument("--max-time", default="60s", help="diagnose mode: load time per configuration")
+    comp.add_argument("--step", default="4s")
+    comp.add_argument("--out", help="compare directory (default: reports/<timestamp>-compare-<name>/)")
+    comp.add_argument("--quiet", action="store_true")
+    diff = sub.add_parser("diff", help="compare two runs (or two compare directories): deltas with confidence",
+                          description="Throughput and percentile deltas with 95% bootstrap intervals, the change of "
+                                      "first bottleneck, overlaid plots and a Markdown summary for a pull request.")
+    diff.add_argument("before", help="run directory (or compare directory)")
+    diff.add_argument("after", help="run directory (or compare directory)")
+    diff.add_argument("--fail-on-regression", metavar="PERCENT",
+                      help="exit 1 when throughput drops or p99 rises by more than this, with confidence (e.g. 5%%)")
+    diff.add_argument("--force", action="store_true", help="compare runs of different scenarios or machines anyway")
+    diff.add_argument("--out", help="write diff.md, diff.html and diff.json here (default: reports/<timestamp>-diff/)")
     return parser
 
 
@@ -265,9 +292,140 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.analysis.compare import matrix_table
+    from harness.analysis.stages import stages
+    from harness.compare import expand, parse_axes, run_matrix, validate
+    from harness.errors import Interrupted
+    from harness.recording import Recording
+    from harness.report.compare import render_compare_html, render_compare_markdown
+    from harness.runner import DiagnoseOptions
+
+    path = Path(args.scenario)
+    raw = read_scenario_file(path)
+    if args.repeat < 1:
+        raise ConfigError("--repeat must be ≥ 1")
+    configs = expand(parse_axes(args.workers, args.server, args.set))
+    total = len(configs) * args.repeat
+    if total > args.max_configs and not args.yes:
+        raise ConfigError(f"the matrix has {len(configs)} configurations × {args.repeat} repeat(s) = {total} runs, "
+                          f"more than --max-configs {args.max_configs}; pass --yes to run them all")
+    base = {"load.duration": args.duration} if args.duration else {}
+    scenarios = validate(raw, str(path), path.parent, base, configs)
+    diagnose = None
+    if not args.fixed:
+        try:
+            diagnose = DiagnoseOptions(max_rate=args.max_rate, max_time_s=parse_duration(args.max_time),
+                                       step_s=parse_duration(args.step))
+        except ValueError as e:
+            raise ConfigError(f"--max-time/--step: {e}") from None
+    out = Path(args.out) if args.out else Path("reports") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-compare-{scenarios[0].name}"
+    if (out / "runs.json").exists():
+        raise ConfigError(f"--out {out} already holds a comparison; choose a new directory")
+    say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    interrupted: Interrupted | None = None
+    try:
+        record = run_matrix(configs, scenarios, out, args.repeat, diagnose, write_reports, say)
+    except Interrupted as e:
+        interrupted = e
+        record = json.loads((out / "runs.json").read_text())
+    from harness.runner import machine_info
+
+    table = matrix_table(record, lambda d: Recording.load(out / d), machine_info()["cpus"] or 1)
+    curves = {}
+    for cfg in record["configs"]:
+        first = next((r for r in record["runs"] if r["label"] == cfg["label"] and "summary" in r), None)
+        if first:
+            curves[cfg["label"]] = stages(Recording.load(out / first["dir"]))
+    (out / "summary.json").write_text(json.dumps({"table": table, "runs": record}, indent=2, default=str))
+    (out / "report.html").write_text(render_compare_html(table, curves, record))
+    print(render_compare_markdown(table))
+    print(f"comparison: {out}")
+    if interrupted is not None:
+        raise interrupted
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.analysis.compare import bootstrap_deltas, comparable, regressions
+    from harness.recording import Recording
+    from harness.report.compare import render_diff_html, render_diff_markdown
+
+    threshold = None
+    if args.fail_on_regression:
+        try:
+            threshold = float(args.fail_on_regression.rstrip("%")) / 100
+        except ValueError:
+            raise ConfigError(f"--fail-on-regression {args.fail_on_regression!r}: expected a percentage like 5%") from None
+    pairs = _diff_pairs(Path(args.before), Path(args.after))
+    sections, failures_all, data = [], [], []
+    for label, a_dir, b_dir in pairs:
+        a, b = Recording.load(a_dir), Recording.load(b_dir)
+        why = comparable(a, b)
+        if why and not args.force:
+            raise ConfigError(f"{a_dir} and {b_dir} are {why}; pass --force to compare them anyway")
+        deltas = bootstrap_deltas(a, b)
+        va, vb = _verdict_kind(a), _verdict_kind(b)
+        change = f"First bottleneck moved from {va} to {vb}." if va != vb else None
+        failures = regressions(deltas, threshold) if threshold is not None else []
+        failures_all += [f"{label}: {f}" if label else f for f in failures]
+        md = render_diff_markdown(str(a_dir), str(b_dir), deltas, change, failures)
+        sections.append((a, b, md))
+        data.append({"label": label, "before": str(a_dir), "after": str(b_dir), "deltas": [d.to_dict() for d in deltas],
+                     "verdict_change": change, "regressions": failures, "refused": why})
+    markdown = "\n".join(md for _, _, md in sections)
+    out = Path(args.out) if args.out else Path("reports") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-diff"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "diff.md").write_text(markdown)
+    (out / "diff.json").write_text(json.dumps(data, indent=2))
+    (out / "diff.html").write_text(render_diff_html(sections[0][0], sections[0][1], markdown))
+    print(markdown)
+    if failures_all:
+        print("fastapi-harness: regression: " + "; ".join(failures_all), file=sys.stderr)
+        return EXIT_SLO_BROKEN
+    return 0
+
+
+def _diff_pairs(a: Path, b: Path) -> list[tuple[str, Path, Path]]:
+    """(label, before, after): one pair for two runs, one per shared configuration for two compare directories."""
+    import json
+
+    if (a / "runs.json").is_file() and (b / "runs.json").is_file():
+        def first_runs(d: Path) -> dict[str, Path]:
+            out: dict[str, Path] = {}
+            for r in json.loads((d / "runs.json").read_text())["runs"]:
+                if "summary" in r:
+                    out.setdefault(r["label"], d / r["dir"])
+            return out
+
+        ra, rb = first_runs(a), first_runs(b)
+        shared = [label for label in ra if label in rb]
+        if not shared:
+            raise ConfigError(f"{a} and {b} share no configuration; compare directories of the same matrix")
+        return [(label, ra[label], rb[label]) for label in shared]
+    for d in (a, b):
+        if not (d / "run.json").is_file():
+            raise ConfigError(f"{d}: not a run directory (no run.json) nor a compare directory (no runs.json)")
+    return [("", a, b)]
+
+
+def _verdict_kind(rec) -> str:  # rec: Recording
+    from harness.analysis.verdict import diagnose
+
+    return diagnose(rec).verdict["bottleneck"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "diff":
+            return cmd_diff(args)
         return cmd_run(args)
     except HarnessError as e:
         print(f"fastapi-harness: {e}", file=sys.stderr)

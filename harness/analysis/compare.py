@@ -1,0 +1,252 @@
+"""Comparing runs: bootstrap deltas between two recordings, and per-configuration figures.
+
+Pure functions; randomness comes from an explicit seed so results are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from harness.analysis.series import percentile
+from harness.load.histogram import Histogram
+from harness.recording import Recording, Second
+
+BOOTSTRAP = 400
+
+
+@dataclass(frozen=True)
+class Delta:
+    metric: str
+    a: float
+    b: float
+    change: float  # (b - a) / a
+    low: float  # 95 % bootstrap interval of the change
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "significant": self.significant}
+
+
+def steady_seconds(rec: Recording) -> list[Second]:
+    """Whole seconds of load, the first one (start-up) left out."""
+    full = [s for s in rec.seconds if s.span >= 0.99 and s.completed]
+    return full[1:] if len(full) > 2 else full
+
+
+def _throughput(secs: Sequence[Second]) -> float:
+    return sum(s.outcomes.get("ok", 0) for s in secs) / max(len(secs), 1)
+
+
+def _quantile(q: float):  # -> Callable[[Sequence[Second]], float]
+    def stat(secs: Sequence[Second]) -> float:
+        return Histogram.merged(s.hist for s in secs).percentile(q) / 1000
+
+    return stat
+
+
+METRICS = {"throughput_rps": _throughput, "p50_ms": _quantile(0.5), "p99_ms": _quantile(0.99)}
+
+
+def bootstrap_deltas(a: Recording, b: Recording, seed: int = 7, rounds: int = BOOTSTRAP) -> list[Delta]:
+    """Throughput and percentile changes from ``a`` to ``b``, each with a 95 % interval (seconds resampled)."""
+    sa, sb = steady_seconds(a), steady_seconds(b)
+    rnd = random.Random(seed)
+    out = []
+    for name, stat in METRICS.items():
+        va, vb = stat(sa), stat(sb)
+        changes = []
+        for _ in range(rounds if sa and sb else 0):
+            ra = stat([rnd.choice(sa) for _ in sa])
+            rb = stat([rnd.choice(sb) for _ in sb])
+            if ra > 0:
+                changes.append(rb / ra - 1)
+        changes.sort()
+        low = changes[int(0.025 * len(changes))] if changes else 0.0
+        high = changes[min(len(changes) - 1, int(0.975 * len(changes)))] if changes else 0.0
+        out.append(Delta(name, round(va, 3), round(vb, 3), round(vb / va - 1, 4) if va else 0.0, round(low, 4), round(high, 4)))
+    return out
+
+
+def regressions(deltas: Sequence[Delta], threshold: float) -> list[str]:
+    """The changes that are worse than ``threshold`` (a fraction) with 95 % confidence."""
+    out = []
+    for d in deltas:
+        if d.metric == "throughput_rps" and d.high < -threshold:
+            out.append(f"throughput fell {-d.change:.1%} (95% interval {-d.high:.1%} to {-d.low:.1%})")
+        if d.metric == "p99_ms" and d.low > threshold:
+            out.append(f"p99 rose {d.change:.1%} (95% interval {d.low:.1%} to {d.high:.1%})")
+    return out
+
+
+def comparable(a: Recording, b: Recording) -> str | None:
+    """Why two recordings should not be compared (different scenario or machine), or None."""
+    sa, sb = a.scenario, b.scenario
+    if sa.get("name") != sb.get("name") or sa.get("requests") != sb.get("requests"):
+        return f"different scenarios ({sa.get('name')!r} vs {sb.get('name')!r}, or different requests)"
+    ma, mb = a.run.get("machine", {}), b.run.get("machine", {})
+    if (ma.get("hostname"), ma.get("cpus")) != (mb.get("hostname"), mb.get("cpus")):
+        return f"different machines ({ma.get('hostname')}/{ma.get('cpus')} CPUs vs {mb.get('hostname')}/{mb.get('cpus')} CPUs)"
+    return None
+
+
+def server_cpu_seconds(rec: Recording) -> float:
+    """CPU-seconds the server processes used during the load (samples integrated over time)."""
+    total, last = 0.0, None
+    for s in rec.samples:
+        if s["t"] < 0:
+            continue
+        cpu = sum(p["cpu"] for p in s["procs"] if p["role"] in ("worker", "master"))
+        if last is not None:
+            total += cpu * (s["t"] - last)
+        last = s["t"]
+    return total
+
+
+def peak_server_rss_mb(rec: Recording) -> float:
+    return max((sum(p["rss_mb"] for p in s["procs"] if p["role"] in ("worker", "master")) for s in rec.samples), default=0.0)
+
+
+def host_busy_share(rec: Recording) -> float:
+    """The host's median CPU use (0..1) while load ran: near 1, the shared host was the limit."""
+    busy = [sum(s["host_cpu"]) / len(s["host_cpu"]) for s in rec.samples if s["t"] >= 0 and s.get("host_cpu")]
+    return percentile(busy, 0.5)
+
+
+def spread(values: Sequence[float]) -> float:
+    """Half the range of repeated measurements (0 for one)."""
+    return (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+
+
+def tie(a: Sequence[float], b: Sequence[float], floor: float = 0.05) -> bool:
+    """Whether two configurations' results are within the noise: ranges overlap, or closer than ``floor``."""
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    if max(ma, mb) and abs(ma - mb) / max(ma, mb) < floor:
+        return True
+    return min(a) <= max(b) and min(b) <= max(a) and (len(a) > 1 or len(b) > 1)
+
+
+def efficiency(base_rps: float, base_workers: int, rps: float, workers: int) -> float | None:
+    """Scaling efficiency against the smallest worker count: 1.0 is perfectly linear."""
+    if not base_rps or not base_workers or not workers:
+        return None
+    return (rps / base_rps) / (workers / base_workers)
+
+
+def geomean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else 0.0
+
+
+def _stage_at_load(rec: Recording, load: float) -> Any:
+    from harness.analysis.stages import stages
+
+    held = [s for s in stages(rec) if s.load <= load * 1.05]
+    return max(held, key=lambda s: s.load) if held else None
+
+
+def sustainable_rps(summary: dict[str, Any], rec: Recording, mode: str) -> float | None:
+    """The most req/s the configuration held within its SLO."""
+    slo = rec.scenario.get("slo", {})
+    if mode == "fixed":
+        held = not (slo.get("p99_ms") and summary["latency_ms"]["p99"] > slo["p99_ms"])
+        held = held and summary["errors"]["rate"] <= max(slo.get("error_rate", 0.0), 0.01)
+        return summary["throughput_rps"] if held else None
+    knee = (summary.get("verdict") or {}).get("knee") or {}
+    if knee.get("last_good_rps"):
+        return float(knee["last_good_rps"])
+    from harness.analysis.stages import stages
+
+    ok = [s.achieved_rps for s in stages(rec) if not knee.get("stage") or s.index < knee["stage"]]
+    return max(ok) if ok else None
+
+
+def matrix_table(record: dict[str, Any], load: Any, cores: int) -> dict[str, Any]:
+    """One row per configuration (repeats aggregated), the common load, and a recommendation."""
+    mode = record["mode"]
+    rows: list[dict[str, Any]] = []
+    recs: dict[str, list[tuple[dict[str, Any], Recording]]] = {}
+    for cfg in record["configs"]:
+        runs = [r for r in record["runs"] if r["label"] == cfg["label"]]
+        done = [r for r in runs if "summary" in r]
+        if not done:
+            rows.append({"label": cfg["label"], "overrides": cfg["overrides"], "status": "failed" if runs else "not run",
+                         "error": next((r.get("error") for r in runs if r.get("error")), None)})
+            continue
+        pairs = [(r["summary"], load(r["dir"])) for r in done]
+        recs[cfg["label"]] = pairs
+        sustained = [x for x in (sustainable_rps(s, rec, mode) for s, rec in pairs) if x is not None]
+        verdicts = [(s.get("verdict") or {}) for s, _ in pairs]
+        rows.append({
+            "label": cfg["label"], "overrides": cfg["overrides"], "status": "ok", "runs": len(done),
+            "max_rps": round(sum(sustained) / len(sustained), 1) if sustained else None,
+            "max_rps_runs": [round(x, 1) for x in sustained], "spread_rps": round(spread(sustained), 1),
+            "cpu_s_per_1k": round(sum(server_cpu_seconds(rec) / max(s["requests"], 1) * 1000 for s, rec in pairs) / len(pairs), 3),
+            "peak_rss_mb": round(max(peak_server_rss_mb(rec) for _, rec in pairs), 1),
+            "host_busy": round(max(host_busy_share(rec) for _, rec in pairs), 3),
+            "bottleneck": verdicts[0].get("bottleneck"), "call_site": verdicts[0].get("call_site"),
+            "hotspot": verdicts[0].get("hotspot"),
+        })
+    held = [r["max_rps"] for r in rows if r.get("max_rps")]
+    common = min(held) if held else None
+    for row in rows:
+        pairs = recs.get(row["label"])
+        if not pairs:
+            continue
+        if mode == "fixed":
+            row["p50_ms"] = round(sum(s["latency_ms"]["p50"] for s, _ in pairs) / len(pairs), 2)
+            row["p99_ms"] = round(sum(s["latency_ms"]["p99"] for s, _ in pairs) / len(pairs), 2)
+        elif common:
+            at = [st for st in (_stage_at_load(rec, common) for _, rec in pairs) if st is not None]
+            row["p50_ms"] = round(sum(st.p50_ms for st in at) / len(at), 2) if at else None
+            row["p99_ms"] = round(sum(st.p99_ms for st in at) / len(at), 2) if at else None
+    _efficiency(rows)
+    return {"mode": mode, "common_load_rps": common, "rows": rows, "recommendation": recommend(rows, cores)}
+
+
+def _efficiency(rows: list[dict[str, Any]]) -> None:
+    """Scaling efficiency against the fewest workers among rows that differ only in workers."""
+    def rest(row: dict[str, Any]) -> str:
+        return repr(sorted((k, v) for k, v in row["overrides"].items() if k != "app.workers"))
+
+    for row in rows:
+        if "app.workers" not in row["overrides"] or not row.get("max_rps"):
+            continue
+        peers = [r for r in rows if rest(r) == rest(row) and r.get("max_rps")]
+        base = min(peers, key=lambda r: int(r["overrides"]["app.workers"]))
+        row["efficiency"] = round(efficiency(base["max_rps"], int(base["overrides"]["app.workers"]),
+                                             row["max_rps"], int(row["overrides"]["app.workers"])) or 0.0, 3)
+
+
+def recommend(rows: list[dict[str, Any]], cores: int) -> str:
+    """Which configuration to pick and why; says so when the shared host is the limit or results tie."""
+    ok = sorted((r for r in rows if r.get("max_rps")), key=lambda r: -r["max_rps"])
+    if not ok:
+        return "No configuration held the load within the SLO; see each run's verdict."
+    best = ok[0]
+    tied = [r for r in ok[1:] if tie(best["max_rps_runs"], r["max_rps_runs"])]
+    host_limited = best["host_busy"] >= 0.9
+    if tied:
+        cheapest = min([best, *tied], key=lambda r: (r["cpu_s_per_1k"], r["label"]))
+        within = ", ".join(r["label"] for r in [best, *tied])
+        text = (f"{within} are within the noise of each other ({best['max_rps']:,.0f} req/s ± {best['spread_rps']:,.0f}); "
+                f"{cheapest['label']} costs the least CPU per request ({cheapest['cpu_s_per_1k']} CPU-s per 1,000).")
+        if host_limited:
+            text += (f" The host's {cores} cores were {best['host_busy']:.0%} busy (server and load generator share them): "
+                     "beyond this point more workers cannot help on this machine.")
+        return text
+    text = f"{best['label']}: {best['max_rps']:,.0f} req/s sustained within the SLO"
+    if "efficiency" in best and best.get("efficiency") is not None:
+        base = min((r for r in ok if "efficiency" in r), key=lambda r: int(r["overrides"]["app.workers"]))
+        if base is not best:
+            text += (f", {best['max_rps'] / base['max_rps']:.1f}× the throughput of {base['overrides']['app.workers']} "
+                     f"worker(s) at {best['efficiency']:.2f} efficiency")
+    if host_limited:
+        text += f"; the host's {cores} cores were {best['host_busy']:.0%} busy — more workers cannot help on this machine"
+    return text + "."
