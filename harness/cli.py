@@ -177,7 +177,7 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
 
 
 def diagnose_options(args: argparse.Namespace):  # -> DiagnoseOptions
-    from harness.runner import DiagnoseOptions
+    from harness.diagnose import DiagnoseOptions
 
     try:
         max_time, step = parse_duration(args.max_time), parse_duration(args.step)
@@ -301,7 +301,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.errors import Interrupted
     from harness.recording import Recording
     from harness.report.compare import render_compare_html, render_compare_markdown
-    from harness.runner import DiagnoseOptions
+    from harness.diagnose import DiagnoseOptions
 
     path = Path(args.scenario)
     raw = read_scenario_file(path)
@@ -352,6 +352,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     import json
 
     from harness.analysis.compare import bootstrap_deltas, comparable, regressions
+    from harness.compare import diff_pairs
     from harness.recording import Recording
     from harness.report.compare import render_diff_html, render_diff_markdown
 
@@ -361,7 +362,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             threshold = float(args.fail_on_regression.rstrip("%")) / 100
         except ValueError:
             raise ConfigError(f"--fail-on-regression {args.fail_on_regression!r}: expected a percentage like 5%") from None
-    pairs = _diff_pairs(Path(args.before), Path(args.after))
+    pairs = diff_pairs(Path(args.before), Path(args.after))
     sections, failures_all, data = [], [], []
     for label, a_dir, b_dir in pairs:
         a, b = Recording.load(a_dir), Recording.load(b_dir)
@@ -388,29 +389,6 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print("fastapi-harness: regression: " + "; ".join(failures_all), file=sys.stderr)
         return EXIT_SLO_BROKEN
     return 0
-
-
-def _diff_pairs(a: Path, b: Path) -> list[tuple[str, Path, Path]]:
-    """(label, before, after): one pair for two runs, one per shared configuration for two compare directories."""
-    import json
-
-    if (a / "runs.json").is_file() and (b / "runs.json").is_file():
-        def first_runs(d: Path) -> dict[str, Path]:
-            out: dict[str, Path] = {}
-            for r in json.loads((d / "runs.json").read_text())["runs"]:
-                if "summary" in r:
-                    out.setdefault(r["label"], d / r["dir"])
-            return out
-
-        ra, rb = first_runs(a), first_runs(b)
-        shared = [label for label in ra if label in rb]
-        if not shared:
-            raise ConfigError(f"{a} and {b} share no configuration; compare directories of the same matrix")
-        return [(label, ra[label], rb[label]) for label in shared]
-    for d in (a, b):
-        if not (d / "run.json").is_file():
-            raise ConfigError(f"{d}: not a run directory (no run.json) nor a compare directory (no runs.json)")
-    return [("", a, b)]
 
 
 def _verdict_kind(rec) -> str:  # rec: Recording

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from harness.config import Scenario, build_scenario
 from harness.errors import ConfigError, HarnessError, Interrupted, TargetError
-from harness.runner import DiagnoseOptions, run_scenario
+from harness.diagnose import DiagnoseOptions
+from harness.runner import run_scenario
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,24 @@ def run_matrix(
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)[:60]
+
+
+def diff_pairs(a: Path, b: Path) -> list[tuple[str, Path, Path]]:
+    """(label, before, after): one pair for two runs, one per shared configuration for two compare directories."""
+    if (a / "runs.json").is_file() and (b / "runs.json").is_file():
+        def first_runs(d: Path) -> dict[str, Path]:
+            out: dict[str, Path] = {}
+            for r in json.loads((d / "runs.json").read_text())["runs"]:
+                if "summary" in r:
+                    out.setdefault(r["label"], d / r["dir"])
+            return out
+
+        ra, rb = first_runs(a), first_runs(b)
+        shared = [label for label in ra if label in rb]
+        if not shared:
+            raise ConfigError(f"{a} and {b} share no configuration; compare directories of the same matrix")
+        return [(label, ra[label], rb[label]) for label in shared]
+    for d in (a, b):
+        if not (d / "run.json").is_file():
+            raise ConfigError(f"{d}: not a run directory (no run.json) nor a compare directory (no runs.json)")
+    return [("", a, b)]

@@ -42,28 +42,22 @@ def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: flo
         time.sleep(0.1)
 
 
-LEFTOVER_MARKS = ("harness.load.worker", "uvicorn", "gunicorn", "sample_app", "tests/apps", "postgres")
+SESSION_MARK = f"fastapi-harness-tests-{os.getpid()}"  # in the environment of everything this test session starts
 
 
 def _suspects() -> dict[int, psutil.Process]:
-    """Our descendants, plus any process that looks like a server or driver (orphans escape the tree)."""
+    """Our descendants, plus orphans that carry this session's mark (they escaped the tree)."""
     me = psutil.Process()
     found = {p.pid: p for p in me.children(recursive=True)}
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or ())
-        if p.pid != me.pid and any(mark in cmd for mark in LEFTOVER_MARKS):
-            found[p.pid] = p
+    for p in psutil.process_iter():
+        if p.pid == me.pid or p.pid in found:
+            continue
+        try:
+            if p.environ().get("FASTAPI_HARNESS_TEST_SESSION") == SESSION_MARK:
+                found[p.pid] = p
+        except psutil.Error:
+            continue
     return found
-
-
-SESSION_PIDS: set[int] = set()  # long-lived helpers owned by session fixtures (the PostgreSQL cluster)
-
-
-def _session_owned(p: psutil.Process) -> bool:
-    try:
-        return any(a.pid in SESSION_PIDS for a in [p, *p.parents()])
-    except psutil.Error:
-        return False
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +67,7 @@ def no_leftover_processes():
     yield
     deadline = time.monotonic() + 10
     while True:
-        left = [p for pid, p in _suspects().items() if pid not in before and _alive(p) and not _session_owned(p)]
+        left = [p for pid, p in _suspects().items() if pid not in before and _alive(p)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -99,7 +93,7 @@ def _cmd(p: psutil.Process) -> str:
 @pytest.fixture
 def env() -> dict[str, str]:
     """Environment for CLI subprocesses: this checkout importable, no colour codes."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "FASTAPI_HARNESS_TEST_SESSION": SESSION_MARK}
 
 
 @pytest.fixture
@@ -119,10 +113,8 @@ def postgres():
     """A throwaway PostgreSQL cluster on a free loopback port; its URL."""
     from tests.postgres import Cluster
 
-    cluster = Cluster().start()
-    SESSION_PIDS.add(cluster.postmaster_pid)
+    cluster = Cluster().start()  # pg_ctl daemonizes it: not our descendant, so not a "leftover" either
     try:
         yield cluster.url
     finally:
         cluster.stop()
-        SESSION_PIDS.discard(cluster.postmaster_pid)

@@ -33,7 +33,6 @@ class Cluster:
         self.data = self.dir / "data"
         self.port = _free_port()
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.postmaster_pid = 0
 
     @property
     def url(self) -> str:
@@ -50,7 +49,6 @@ class Cluster:
         self._run(str(b / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=50 -c fsync=off"
         self._run(str(b / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "start")
-        self.postmaster_pid = int((self.data / "postmaster.pid").read_text().split()[0])
         return self
 
     def stop(self) -> None:

@@ -5,7 +5,6 @@ Pure functions; randomness comes from an explicit seed so results are reproducib
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
@@ -137,11 +136,6 @@ def efficiency(base_rps: float, base_workers: int, rps: float, workers: int) -> 
     if not base_rps or not base_workers or not workers:
         return None
     return (rps / base_rps) / (workers / base_workers)
-
-
-def geomean(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if x > 0]
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else 0.0
 
 
 def _stage_at_load(rec: Recording, load: float) -> Any:

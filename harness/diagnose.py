@@ -1,0 +1,103 @@
+"""Diagnose mode's load search: calibrate, step the load until something gives, hold at the knee.
+
+The step decisions reuse the analysis's own knee rule (``past_knee``) on each step's seconds,
+so what stops the search is exactly what the report will call the knee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from harness.analysis.knee import MIN_REQUESTS_FOR_P99, past_knee
+from harness.analysis.stages import stage_from_seconds
+from harness.config import LoadConfig, Scenario
+from harness.recording import Recording
+
+if TYPE_CHECKING:
+    from harness.runner import Session
+
+
+@dataclass(frozen=True)
+class DiagnoseOptions:
+    """Bounds and pacing of diagnose mode's load search."""
+
+    max_rate: float = 100_000.0
+    max_users: int = 10_000
+    max_time_s: float = 60.0
+    step_s: float = 4.0
+    factor: float = 1.5
+    hold_s: float = 4.0  # the profile window at the knee
+    calibrate_s: float = 3.0
+    closed: bool = False  # step virtual users instead of the arrival rate
+
+
+def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, say: Callable[[str], None]) -> None:
+    """Diagnose mode: calibrate, step the load ×factor until something gives, then hold at the knee and profile."""
+    load = scenario.load
+    if load.model == "open":
+        # the scenario names a rate: start there (a calibration burst would also run leaks dry before the first step)
+        level: float = min(load.stages[0].rate if load.stages else load.rate, opts.max_rate)
+    else:
+        users = min(load.users, opts.max_users)
+        start = session.next_start()
+        records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start)
+        session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
+        calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users,
+                                   Recording(run={}, driver_records=tuple(records)).seconds)
+        capacity = calib.achieved_rps if calib else 0.0
+        say(f"calibration: {users} users → {capacity:,.0f} req/s")
+        level = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
+    baseline = 0.0
+    slo = scenario.slo
+    knee_level = None
+    for index in range(1, 100):
+        if session.now() + opts.step_s + opts.hold_s > opts.max_time_s:
+            say(f"stopping: the next step would pass --max-time {opts.max_time_s:.0f}s")
+            break
+        start = session.next_start()
+        step = (_with_load(scenario, model="closed", users=int(level), duration_s=opts.step_s) if opts.closed else
+                _with_load(scenario, model="open", rate=level, duration_s=opts.step_s))
+        records = session.drive(step, start)
+        offered, users_ = (None, int(level)) if opts.closed else (round(level, 2), None)
+        session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_)
+        stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_,
+                                   Recording(run={}, driver_records=tuple(records)).seconds)
+        if stage is None:
+            break
+        tail = stage.p99_ms if stage.requests >= MIN_REQUESTS_FOR_P99 else stage.p90_ms
+        baseline = baseline or tail or 1.0
+        why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
+        say(f"step {index}: {_level(level, opts.closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 {stage.p99_ms:,.1f} ms, "
+            f"errors {stage.error_rate:.1%}" + (f"  ← knee: {why}" if why else ""))
+        if why:
+            knee_level = level
+            break
+        nxt = level * opts.factor
+        if (opts.closed and nxt > opts.max_users) or (not opts.closed and nxt > opts.max_rate):
+            say(f"stopping: the next step would pass --max-{'users' if opts.closed else 'rate'}")
+            break
+        level = nxt
+    hold = knee_level or level
+    if session.agent_on and opts.hold_s > 0:
+        start = session.next_start()
+        say(f"holding at {_level(hold, opts.closed)} for {opts.hold_s:.0f} s to profile the workers")
+        session.request_profile(opts.hold_s)
+        hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=opts.hold_s + 1) if opts.closed else
+                     _with_load(scenario, model="open", rate=hold, duration_s=opts.hold_s + 1))
+        session.drive(hold_load, start)
+        session.event("stage", phase="hold", t_start=start, t_end=start + opts.hold_s + 1,
+                      offered_rps=None if opts.closed else round(hold, 2), users=int(hold) if opts.closed else None)
+
+
+def _level(level: float, closed: bool) -> str:
+    return f"{int(level)} users" if closed else f"{level:,.0f} req/s offered"
+
+
+def _with_load(scenario: Scenario, **load: Any) -> Scenario:
+    """The scenario with a fresh load section (timeout and drivers kept)."""
+    base = scenario.load
+    return dataclasses.replace(scenario, load=LoadConfig(timeout_s=base.timeout_s, drivers=base.drivers,
+                                                         connections=base.connections, think_time_s=base.think_time_s
+                                                         if load.get("model") == "closed" else 0.0, **load))
