@@ -49,6 +49,7 @@ class AgentMiddleware:
         self.stats = RouteStats()
         agent.routes = self.stats
         self.raw_paths: set = set()
+        self.labels: Dict[Tuple[int, Any], str] = {}
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
         agent = self.agent
@@ -61,31 +62,27 @@ class AgentMiddleware:
             agent.threadpool.attach()
         stats = self.stats
         stats.inflight += 1
-        status = 500
-        exc_name = ""
-
-        async def send_status(message: Dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        # `send` is passed through untouched: wrapping it costs a coroutine per message on every
+        # request; the driver sees status codes from outside, the agent sees exceptions from inside
         t = time.perf_counter()
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send)
         except BaseException as e:
-            exc_name = type(e).__name__
-            raise
-        finally:
             stats.inflight -= 1
-            stats.done.append((self.route_of(scope), int((time.perf_counter() - t) * 1e6), status >= 500 or bool(exc_name), exc_name))
+            stats.done.append((self.route_of(scope), int((time.perf_counter() - t) * 1e6), True, type(e).__name__))
+            raise
+        stats.inflight -= 1
+        stats.done.append((self.route_of(scope), int((time.perf_counter() - t) * 1e6), False, ""))
 
     def route_of(self, scope: Dict[str, Any]) -> str:
         """The route template when the router left one in the scope, else the raw path (bounded)."""
         route = scope.get("route")
-        path = getattr(route, "path", None)
-        if path:
-            return f"{scope.get('method', '')} {path}"
+        if route is not None:
+            key = (id(route), scope.get("method"))  # routes are not always hashable (APIRoute is not)
+            label = self.labels.get(key)
+            if label is None:
+                label = self.labels[key] = f"{scope.get('method', '')} {getattr(route, 'path', route)}"
+            return label
         raw = scope.get("path", "")
         if raw not in self.raw_paths:
             if len(self.raw_paths) >= MAX_ROUTES:
