@@ -42,6 +42,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     target.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
     target.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
     target.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the server (repeatable)")
+    target.add_argument("--jmx", metavar="PLAN", help="take the load and requests from a JMeter test plan (.jmx)")
+    target.add_argument("-J", dest="jmeter_props", action="append", default=[], metavar="NAME=VALUE",
+                        help="with --jmx: a JMeter property for ${__P(name,default)} (repeatable)")
     target.add_argument("--get", action="append", default=[], metavar="PATH", help="with --url/--app: GET this path (repeatable)")
     target.add_argument("--post", action="append", default=[], metavar="PATH", help="with --url/--app: POST this path (repeatable)")
     over = p.add_argument_group("overrides (win over the scenario file)")
@@ -100,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--step", default="4s")
     comp.add_argument("--out", help="compare directory (default: reports/<timestamp>-compare-<name>/)")
     comp.add_argument("--quiet", action="store_true")
+    export = sub.add_parser("export-jmx", help="write a scenario as a JMeter test plan",
+                            description="Write a closed-model scenario as a JMeter 5 .jmx (host and port as "
+                                        "${__P(host,127.0.0.1)} and ${__P(port,8000)}), so a team can run it with their JMeter.")
+    export.add_argument("scenario", help="scenario .toml file")
+    export.add_argument("-o", "--output", help="the .jmx file to write (default: print it)")
     diff = sub.add_parser("diff", help="compare two runs (or two compare directories): deltas with confidence",
                           description="Throughput and percentile deltas with 95% bootstrap intervals, the change of "
                                       "first bottleneck, overlaid plots and a Markdown summary for a pull request.")
@@ -152,8 +160,10 @@ def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def scenario_from(args: argparse.Namespace) -> Scenario:
     """The scenario the flags describe: a file, --url, --app, or the built-in smoke scenario."""
-    if sum(bool(x) for x in (args.scenario, args.url, args.app)) > 1:
-        raise ConfigError("give one of: a scenario file, --url, or --app")
+    if sum(bool(x) for x in (args.scenario, args.jmx)) > 1 or sum(bool(x) for x in (args.scenario, args.url, args.app)) > 1:
+        raise ConfigError("give one of: a scenario file, --url, or --app (with --jmx for the load)")
+    if args.jmx:
+        return scenario_from_jmx(args)
     if (args.get or args.post) and not (args.url or args.app):
         raise ConfigError("--get and --post go with --url or --app; a scenario file lists its [[requests]]")
     if args.pid and not args.url:
@@ -174,6 +184,37 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
         return build_scenario(raw, source=str(path), base_dir=path.parent, overrides=overrides_from(args, raw))
     raw = copy.deepcopy(DEFAULT_SCENARIO)
     return build_scenario(raw, source="built-in smoke scenario", overrides=overrides_from(args, raw))
+
+
+def scenario_from_jmx(args: argparse.Namespace) -> Scenario:
+    """A JMeter plan's load and requests, aimed at --app (booted here) or --url."""
+    from harness.interop.jmeter import read_jmx
+
+    props = dict(item.partition("=")[::2] for item in args.jmeter_props)
+    raw, notes = read_jmx(args.jmx, props)
+    for note in notes:
+        print(f"fastapi-harness: {args.jmx}: {note}", file=sys.stderr)
+    if args.url:
+        raw.update(url=args.url, pid=args.pid or 0)
+    elif args.app:
+        raw["app"] = {"target": args.app, "app_dir": args.app_dir or ".", "factory": args.factory}
+    else:
+        raise ConfigError(f"{args.jmx} names no app to boot: add --app module:app (the plan's host is replaced by it), "
+                          "or --url for a server already running")
+    return build_scenario(raw, source=args.jmx, overrides=overrides_from(args, raw))
+
+
+def cmd_export_jmx(args: argparse.Namespace) -> int:
+    from harness.interop.jmeter import write_jmx
+
+    path = Path(args.scenario)
+    text = write_jmx(build_scenario(read_scenario_file(path), source=str(path), base_dir=path.parent))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
 
 
 def diagnose_options(args: argparse.Namespace):  # -> DiagnoseOptions
@@ -404,6 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_compare(args)
         if args.command == "diff":
             return cmd_diff(args)
+        if args.command == "export-jmx":
+            return cmd_export_jmx(args)
         return cmd_run(args)
     except HarnessError as e:
         print(f"fastapi-harness: {e}", file=sys.stderr)

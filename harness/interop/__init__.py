@@ -1,0 +1,1 @@
+"""Other tools' formats: JMeter test plans (and, to come, result files)."""

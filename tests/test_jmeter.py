@@ -1,0 +1,111 @@
+"""JMeter test plans: import (5.x and 2.13 files, the usual elements), export, round trip, bad input, a run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from harness.config import build_scenario, load_scenario
+from harness.errors import ConfigError
+from harness.interop.jmeter import read_jmx, write_jmx
+from tests.conftest import DATA, ROOT, harness_cmd
+
+PLANS = DATA / "jmeter"
+APP = {"target": "sample_app.main:app"}
+
+
+@pytest.mark.parametrize("plan", ["seed_v5.jmx", "seed_v2.jmx"])
+def test_the_seed_plan_is_the_closed_model(plan):
+    raw, notes = read_jmx(PLANS / plan)
+    s = build_scenario({**raw, "app": APP})
+    assert (s.load.model, s.load.users, s.load.ramp_up_s, s.load.loops) == ("closed", 10_000, 100.0, 100)
+    assert s.planned_requests == 1_000_000
+    assert [(r.method, r.path) for r in s.requests] == [("GET", "/health")]
+    assert notes == (["not supported, ignored: ResultCollector (Summary Report)"] if plan == "seed_v5.jmx" else [])
+
+
+def test_headers_defaults_timers_controllers_and_disabled_elements():
+    raw, notes = read_jmx(PLANS / "shop.jmx")
+    s = build_scenario({**raw, "app": APP})
+    assert (s.load.users, s.load.ramp_up_s, s.load.duration_s, s.load.loops) == (25, 5.0, 60.0, 0)
+    assert s.load.think_time_s == pytest.approx(0.2)  # uniform 100 ms + up to 200 ms: its mean
+    assert [(r.name, r.method, r.path) for r in s.requests] == [
+        ("list items", "GET", "/items?page=2"), ("item", "GET", "/items/7"), ("checkout", "POST", "/checkout")]
+    checkout = s.requests[2]
+    assert checkout.body == '{"item": 7}'
+    assert checkout.headers == {"Accept": "application/json", "Authorization": "Bearer secret-7", "Content-Type": "application/json"}
+    assert s.requests[0].headers == {"Accept": "application/json"}
+    assert "DELETE" not in {r.method for r in s.requests}  # the disabled sampler
+    assert "not supported, ignored: ResponseAssertion (is 200)" in notes
+    assert "not supported, ignored: BeanShellPostProcessor (legacy script)" in notes
+    assert any(n.startswith("approximated: UniformRandomTimer") for n in notes)
+    raw, _ = read_jmx(PLANS / "shop.jmx", {"users": "3"})
+    assert raw["load"]["users"] == 3  # ${__P(users,25)} with -J users=3
+
+
+@pytest.mark.parametrize("scenario", [
+    {"name": "rt", "app": APP, "load": {"users": 4, "ramp_up": "2s", "loops": 8, "think_time": "150ms"},
+     "requests": [{"path": "/health", "weight": 3}, {"path": "/items", "method": "POST", "json": {"a": 1}, "headers": {"X-K": "v"}}]},
+    {"name": "rt2", "app": APP, "load": {"users": 2, "duration": "30s"}, "requests": [{"path": "/fast?x=1", "name": "fast"}]},
+])
+def test_export_then_import_round_trips(tmp_path, scenario):
+    s = build_scenario(scenario)
+    (tmp_path / "p.jmx").write_text(write_jmx(s))
+    raw, notes = read_jmx(tmp_path / "p.jmx")
+    back = build_scenario({**raw, "app": APP})
+    assert notes == []
+    fields = ("model", "users", "ramp_up_s", "loops", "duration_s", "think_time_s")
+    assert [getattr(back.load, f) for f in fields] == [getattr(s.load, f) for f in fields]
+    assert back.requests == s.requests and back.name == s.name
+
+
+def test_export_refuses_what_jmeter_cannot_say():
+    s = build_scenario({"app": APP, "load": {"model": "open", "rate": 10, "duration": "5s"}, "requests": [{"path": "/"}]})
+    with pytest.raises(ConfigError, match="only closed-model scenarios"):
+        write_jmx(s)
+    s = build_scenario({"app": APP, "load": {"users": 1, "loops": 5}, "requests": [{"path": "/", "weight": 2}]})
+    with pytest.raises(ConfigError, match="not a multiple"):
+        write_jmx(s)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("this is not xml", "not valid XML"),
+    ("<testPlan/>", "root element is <testPlan>"),
+    ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><jmeterTestPlan/>', "DOCTYPE/ENTITY"),
+    ("<jmeterTestPlan><hashTree/></jmeterTestPlan>", "no enabled Thread Group"),
+])
+def test_bad_plans(tmp_path, text, message):
+    (tmp_path / "bad.jmx").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        read_jmx(tmp_path / "bad.jmx")
+
+
+def test_plan_without_sampler_or_with_undefined_variable(tmp_path):
+    seed = (PLANS / "seed_v5.jmx").read_text()
+    (tmp_path / "nosampler.jmx").write_text(seed.replace('testname="GET /health" enabled="true"', 'testname="GET /health" enabled="false"'))
+    with pytest.raises(ConfigError, match="no enabled HTTP Request sampler"):
+        read_jmx(tmp_path / "nosampler.jmx")
+    (tmp_path / "undefined.jmx").write_text(seed.replace(">/health<", ">/items/${MISSING}<"))
+    with pytest.raises(ConfigError, match=r"variable \$\{MISSING\} is not defined"):
+        read_jmx(tmp_path / "undefined.jmx")
+
+
+def test_export_cli_and_a_run_from_the_seed_plan(tmp_path, env):
+    out = subprocess.run(harness_cmd("export-jmx", str(ROOT / "scenarios" / "smoke.toml")), env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "<jmeterTestPlan" in out.stdout
+    assert load_scenario(ROOT / "scenarios" / "smoke.toml").requests[0].path in out.stdout
+    run = tmp_path / "run"
+    p = subprocess.run(harness_cmd("run", "--jmx", str(PLANS / "seed_v5.jmx"), "--app", "sample_app.main:app",
+                                   "--app-dir", str(ROOT), "--users", "20", "--loops", "5", "--set", "load.ramp_up=1s",
+                                   "--out", str(run), "--quiet"),
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "ResultCollector (Summary Report)" in p.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["requests"] == 100 and summary["errors"]["total"] == 0 and summary["scenario"] == "FastAPI_Test"
+    p = subprocess.run(harness_cmd("run", "--jmx", str(PLANS / "seed_v5.jmx")), env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "add --app module:app" in p.stderr
