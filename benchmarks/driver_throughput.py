@@ -98,9 +98,9 @@ def run_wrk(port: int, seconds: int, connections: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def run_driver(port: int, seconds: int, connections: int) -> float:
+def run_driver(port: int, seconds: int, connections: int, jtl_dir: Path | None = None) -> float:
     scenario = build_scenario({"load": {"users": connections, "duration": f"{seconds}s"}, "requests": [{"path": "/"}]})
-    plan = shard_plans(scenario, "127.0.0.1", port, time.time() + 0.5, 1)[0]
+    plan = shard_plans(scenario, "127.0.0.1", port, time.time() + 0.5, 1, jtl_dir=jtl_dir)[0]
     proc = subprocess.Popen(pinned(1, [sys.executable, "-m", "harness.load.worker"]), cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--jtl", action="store_true", help="also run the driver writing a JTL line per request, and compare")
     args = ap.parse_args()
     has_wrk = shutil.which("wrk") is not None
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,17 +135,23 @@ def main() -> None:
         target, name = start_target(Path(tmp), port)
         try:
             print(f"target: {name}; load generator on core 1; {args.connections} connections, {args.seconds} s per run")
-            wrk, ours = [], []
+            wrk, ours, with_jtl = [], [], []
             for i in range(args.runs):
                 if has_wrk:
                     wrk.append(run_wrk(port, args.seconds, args.connections))
                 ours.append(run_driver(port, args.seconds, args.connections))
-                print(f"run {i + 1}: " + (f"wrk {wrk[-1]:,.0f} req/s   " if has_wrk else "") + f"harness driver {ours[-1]:,.0f} req/s")
+                if args.jtl:
+                    with_jtl.append(run_driver(port, args.seconds, args.connections, Path(tmp)))
+                print(f"run {i + 1}: " + (f"wrk {wrk[-1]:,.0f} req/s   " if has_wrk else "") + f"harness driver {ours[-1]:,.0f} req/s"
+                      + (f"   with JTL {with_jtl[-1]:,.0f} req/s" if args.jtl else ""))
         finally:
             target.terminate()
             target.wait(timeout=10)
     med = statistics.median(ours)
     print(f"median: harness driver {med:,.0f} req/s (latency recorded for every response)")
+    if with_jtl:
+        print(f"median: with a JTL line per request {statistics.median(with_jtl):,.0f} req/s, "
+              f"ratio {statistics.median(with_jtl) / med:.2f} (target ≥ 0.90)")
     if has_wrk:
         print(f"median: wrk {statistics.median(wrk):,.0f} req/s")
         print(f"ratio driver / wrk: {med / statistics.median(wrk):.2f}x per core")

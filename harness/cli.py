@@ -63,6 +63,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output")
     out.add_argument("--out", help="run directory (default: reports/<timestamp>-<name>/)")
     out.add_argument("--quiet", action="store_true", help="no progress line")
+    out.add_argument("--jtl", metavar="FILE", help="also write every request as a JMeter CSV result file (JTL)")
     out.add_argument("--detector", action="append", default=[], metavar="MODULE:FUNCTION",
                      help="an extra detector of your own, run after the built-in ones (repeatable)")
 
@@ -309,7 +310,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     printer = ProgressPrinter(args.quiet)
     failure: HarnessError | None = None
     try:
-        run_scenario(scenario, run_dir, progress=printer, allow_remote=args.allow_remote, diagnose=diagnose, say=printer.say)
+        run_scenario(scenario, run_dir, progress=printer, allow_remote=args.allow_remote, diagnose=diagnose, say=printer.say,
+                     jtl=Path(args.jtl).resolve() if args.jtl else None)
     except HarnessError as e:
         failure = e
     finally:

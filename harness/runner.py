@@ -32,6 +32,7 @@ from harness.diagnose import DiagnoseOptions, search_knee
 from harness.errors import HarnessError, Interrupted, TargetDiedError, UnreachableError, ConfigError
 from harness.launcher import HOST, Server, raise_fd_limit, stderr_tail
 from harness.load.histogram import Histogram
+from harness.load.jtl import join_parts
 from harness.load.manager import DriverFleet, check_driver, default_drivers, shard_plans
 from harness.recording import AGENT_CONTROL, RunWriter
 from harness.sampling.database import PgWatcher, check_postgres, db_port
@@ -176,6 +177,7 @@ def run_scenario(
     drivers: int = 0,
     diagnose: DiagnoseOptions | None = None,
     say: Callable[[str], None] = lambda line: None,
+    jtl: Path | None = None,
 ) -> str:
     """Run ``scenario`` (or, with ``diagnose``, search its load for the knee) into ``run_dir``; return the status."""
     writer = RunWriter(run_dir)
@@ -192,7 +194,8 @@ def run_scenario(
     try:
         with signals_as_interrupts(), contextlib.ExitStack() as stack:
             try:
-                session = Session(scenario, writer, progress, drivers or scenario.load.drivers or default_drivers(), stack)
+                session = Session(scenario, writer, progress, drivers or scenario.load.drivers or default_drivers(), stack,
+                                  jtl=jtl is not None)
                 try:
                     session.open(allow_remote)
                     if diagnose:
@@ -217,6 +220,11 @@ def run_scenario(
                 raise
     finally:
         with shielded():
+            if jtl is not None:
+                parts = sorted(str(p) for p in writer.path.glob("driver-*.jtl.part"))
+                writer.write_run(jtl={"path": str(jtl), "lines": join_parts(parts, str(jtl))})
+                for part in parts:
+                    os.unlink(part)
             writer.write_run(status=status, ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
             writer.close()
     return status
@@ -226,7 +234,7 @@ class Session:
     """A booted (or attached) target, sampled, at which fleets of drivers are run one after another."""
 
     def __init__(self, scenario: Scenario, writer: RunWriter, progress: Callable[[Progress], None], drivers: int,
-                 stack: contextlib.ExitStack):
+                 stack: contextlib.ExitStack, jtl: bool = False):
         self.scenario = scenario
         self.writer = writer
         self.progress = progress
@@ -237,6 +245,7 @@ class Session:
         self.fleet: DriverFleet | None = None
         self.host, self.port, self.t0 = HOST, 0, 0.0
         self.profiles = 0
+        self.jtl = jtl
 
     def open(self, allow_remote: bool) -> None:
         """Check the database, boot or attach to the target, start the samplers."""
@@ -297,7 +306,8 @@ class Session:
             self.live.add(r)
             records.append(r)
 
-        plans = shard_plans(scenario, self.host, self.port, self.t0, self.drivers, start_s)
+        plans = shard_plans(scenario, self.host, self.port, self.t0, self.drivers, start_s,
+                            jtl_dir=self.writer.path if self.jtl else None)
         self.fleet = DriverFleet(plans, on_record, self.writer.path)
         planned = scenario.planned_duration_s
         with self.fleet as fleet:

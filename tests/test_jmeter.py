@@ -109,3 +109,30 @@ def test_export_cli_and_a_run_from_the_seed_plan(tmp_path, env):
     p = subprocess.run(harness_cmd("run", "--jmx", str(PLANS / "seed_v5.jmx")), env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "add --app module:app" in p.stderr
+
+
+def test_a_run_writes_a_jtl_matching_its_summary(tmp_path, env):
+    import csv
+
+    from harness.load.jtl import HEADER
+
+    run, jtl = tmp_path / "run", tmp_path / "results.jtl"
+    p = subprocess.run(harness_cmd("run", str(ROOT / "scenarios" / "smoke.toml"), "--duration", "3s", "--drivers", "2",
+                                   "--jtl", str(jtl), "--out", str(run), "--quiet"),
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with open(jtl, newline="") as f:
+        assert f.readline().strip() == HEADER
+        f.seek(0)
+        rows = list(csv.DictReader(f))
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(rows) == summary["requests"] > 100
+    assert {r["label"] for r in rows} == {"GET /health", "GET /fast"} and all(r["success"] == "true" for r in rows)
+    assert {r["threadName"].split("-")[0] for r in rows} == {"driver 0", "driver 1"}
+    elapsed = sorted(int(r["elapsed"]) for r in rows)
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        jtl_value = elapsed[max(0, int(q * len(elapsed) + 0.999999) - 1)]
+        # JTL keeps whole milliseconds (truncated), the histogram is within 0.4 %
+        assert summary["latency_ms"][name] - 1.0 - 0.01 * summary["latency_ms"][name] <= jtl_value <= summary["latency_ms"][name] * 1.01
+    start = min(int(r["timeStamp"]) for r in rows) / 1000
+    assert abs(start - json.loads((run / "run.json").read_text())["t0"]) < 2.0

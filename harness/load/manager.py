@@ -55,7 +55,7 @@ def weighted_cycle(weights: list[int]) -> list[int]:
 
 
 def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: int,
-                start_s: float = 0.0) -> list[dict[str, Any]]:
+                start_s: float = 0.0, jtl_dir: Path | None = None) -> list[dict[str, Any]]:
     """One JSON-able plan per driver process; together they make the scenario's load exactly.
 
     Seconds are counted from ``t0``; the load itself begins ``start_s`` later (a diagnose step).
@@ -63,7 +63,8 @@ def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: in
     load = scenario.load
     base = {
         "host": host, "port": port, "t0": t0, "start_s": start_s, "model": load.model, "timeout_s": load.timeout_s,
-        "requests": [{"label": r.label, "bytes": request_bytes(r, host, port)} for r in scenario.requests],
+        "requests": [{"label": r.label, "bytes": request_bytes(r, host, port), "url": f"http://{host}:{port}{r.path}"}
+                     for r in scenario.requests],
         "cycle": weighted_cycle([r.weight for r in scenario.requests]),
         "loops": load.loops, "duration_s": load.duration_s, "think_time_s": load.think_time_s,
     }
@@ -73,7 +74,7 @@ def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: in
         drivers = max(1, min(drivers, load.users))
         for k in range(drivers):
             offsets = [round(start_s + shape.start_offset(u), 6) for u in range(k, load.users, drivers)]
-            plans.append({**base, "driver": k, "user_offsets": offsets})
+            plans.append({**base, "driver": k, "drivers": drivers, "user_offsets": offsets})
     else:
         shape = open_shape(load).scaled(1.0 / drivers)
         connections = load.connections or 10_000
@@ -83,6 +84,9 @@ def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: in
                 "connections": max(1, connections // drivers),
                 "phase": k / drivers,  # staggers the shards so their arrivals interleave
             })
+    if jtl_dir is not None:
+        for plan in plans:
+            plan["jtl"] = str(jtl_dir / f"driver-{plan['driver']}-{int(start_s)}.jtl.part")
     return plans
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import httptools
 
+from harness.load.jtl import JtlPart
+
 OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect-refused", "connection-reset", "other")
 OK, C4XX, C5XX, TIMEOUT, REFUSED, RESET, OTHER = range(len(OUTCOMES))
 LATE_S = 0.010  # a send this much behind its schedule counts as late
@@ -101,6 +103,8 @@ class Conn(asyncio.Protocol):
             cur.max_us = us
         status = self.parser.get_status_code()
         kind = OK if status < 400 else C4XX if status < 500 else C5XX
+        if d.jtl is not None:
+            d.jtl.rows.append((self.t_start, us, self.ri, status, self.owner.index if self.owner else 0))
         d.inflight -= 1
         cur.outcomes[kind] += 1
         label = cur.labels[self.ri]
@@ -125,11 +129,12 @@ class Conn(asyncio.Protocol):
 
 
 class User:
-    __slots__ = ("conn", "done")
+    __slots__ = ("conn", "done", "index")
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
         self.conn: Conn | None = None
         self.done = 0
+        self.index = index
 
 
 class Driver:
@@ -163,6 +168,8 @@ class Driver:
         self.users_active = 0
         self.pending: collections.deque[tuple[float, int]] = collections.deque()
         self.idle: list[Conn] = []
+        self.jtl = JtlPart(plan["jtl"], [r["label"] for r in plan["requests"]], [r["url"] for r in plan["requests"]],
+                           [len(b) for b in self.requests], self.index) if plan.get("jtl") else None
 
     # ---------------------------------------------------------------- sending
 
@@ -200,6 +207,7 @@ class Driver:
             kind = REFUSED if isinstance(exc, ConnectionRefusedError) else (
                 TIMEOUT if isinstance(exc, asyncio.TimeoutError) else RESET if isinstance(exc, ConnectionError) else OTHER
             )
+            self.record_failure(t_start, ri, kind, owner)
             self.count(kind, ri)
             self.after(None, owner, time.perf_counter())
             return
@@ -209,6 +217,11 @@ class Driver:
         self.write(conn, ri, t_start, time.perf_counter())
 
     # ---------------------------------------------------------------- outcomes
+
+    def record_failure(self, t_start: float, ri: int, kind: int, owner: User | None) -> None:
+        if self.jtl is not None:
+            us = int((time.perf_counter() - t_start) * 1e6)
+            self.jtl.rows.append((t_start, us, ri, OUTCOMES[kind], owner.index if owner else 0))
 
     def count(self, kind: int, ri: int) -> None:
         self.inflight -= 1
@@ -224,6 +237,7 @@ class Driver:
         conn.closed = True
         if conn.transport is not None and not conn.transport.is_closing():
             conn.transport.abort()
+        self.record_failure(conn.t_start, conn.ri, kind, conn.owner)
         self.count(kind, conn.ri)
         self.after(conn, conn.owner, time.perf_counter())
 
@@ -241,8 +255,9 @@ class Driver:
     def start_closed(self) -> None:
         offsets = self.plan["user_offsets"]
         self.users_active = len(offsets)
-        for off in offsets:
-            self.loop.call_at(self.loop_time(self.t0p + off), self.user_send, User(), self.t0p + off)
+        for i, off in enumerate(offsets):
+            user = User(self.index + i * int(self.plan.get("drivers", 1)) + 1)
+            self.loop.call_at(self.loop_time(self.t0p + off), self.user_send, user, self.t0p + off)
         if self.plan["duration_s"]:
             self.loop.call_at(self.loop_time(self.t0p + self.start_s + self.plan["duration_s"]), self.end_dispatch)
         if not offsets:
@@ -392,6 +407,8 @@ class Driver:
         self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
 
     def emit_second(self, span: float) -> None:
+        if self.jtl is not None:
+            self.jtl.flush(self.users_active or self.open_conns)
         cur, self.cur = self.cur, Second(len(self.requests))
         for conn in self.conns:
             cur.bytes_in += conn.bytes_in
@@ -448,6 +465,8 @@ class Driver:
             self.start_open()
         await self.finished
         self.emit_second(max(0.0, time.perf_counter() - (self.t0p + self.second)))
+        if self.jtl is not None:
+            self.jtl.close(0)
         self.emit({
             "type": "done", "driver": self.index, "sent": self.sent_total, "aborted": self.aborted,
             "outcomes": {OUTCOMES[i]: n for i, n in enumerate(self.totals) if n},
