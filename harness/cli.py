@@ -64,6 +64,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     out.add_argument("--out", help="run directory (default: reports/<timestamp>-<name>/)")
     out.add_argument("--quiet", action="store_true", help="no progress line")
     out.add_argument("--jtl", metavar="FILE", help="also write every request as a JMeter CSV result file (JTL)")
+    target.add_argument("--driver-cmd", metavar="CMD",
+                        help="let another tool drive the load, e.g. 'jmeter -n -t plan.jmx -l {jtl}' "
+                             "({url} {host} {port} {jtl} are filled in); its results are read afterwards")
     out.add_argument("--detector", action="append", default=[], metavar="MODULE:FUNCTION",
                      help="an extra detector of your own, run after the built-in ones (repeatable)")
 
@@ -109,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "${__P(host,127.0.0.1)} and ${__P(port,8000)}), so a team can run it with their JMeter.")
     export.add_argument("scenario", help="scenario .toml file")
     export.add_argument("-o", "--output", help="the .jmx file to write (default: print it)")
+    ingest = sub.add_parser("ingest", help="read another tool's result file into a recording and diagnose it",
+                            description="Read a JMeter JTL (CSV or XML), a Locust stats-history CSV or a k6 JSON output "
+                                        "into a run directory: into an existing run (--into, its clocks must overlap) "
+                                        "or a new one, then write its report.")
+    ingest.add_argument("results", help="the result file")
+    ingest.add_argument("--into", metavar="RUN_DIR", help="a run whose app was sampled while the tool drove it")
+    ingest.add_argument("--out", help="new run directory (default: reports/<timestamp>-<file stem>/)")
     diff = sub.add_parser("diff", help="compare two runs (or two compare directories): deltas with confidence",
                           description="Throughput and percentile deltas with 95% bootstrap intervals, the change of "
                                       "first bottleneck, overlaid plots and a Markdown summary for a pull request.")
@@ -218,6 +228,48 @@ def cmd_export_jmx(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from datetime import timezone
+
+    from harness.interop.results import read_results
+    from harness.recording import Recording, RunWriter
+    from harness.report.terminal import format_summary
+    from harness.runner import check_overlap, machine_info
+
+    source = Path(args.results)
+    if args.into:
+        run_dir = Path(args.into)
+        rec = Recording.load(run_dir)
+        if rec.driver_records:
+            raise ConfigError(f"{run_dir} already has load results; ingest into a run driven by the other tool")
+        res = read_results(source, rec.t0)
+        sampled = [s["t"] for s in rec.samples]
+        if not res.seconds:
+            raise ConfigError(f"{source}: no request could be read")
+        check_overlap(res.first, res.last, rec.t0, max(sampled, default=0.0), min(sampled, default=0.0))
+        writer = RunWriter(run_dir)
+    else:
+        res = read_results(source)
+        if not res.seconds:
+            raise ConfigError(f"{source}: no request could be read")
+        run_dir = Path(args.out) if args.out else default_run_dir(source.stem)
+        if (run_dir / "run.json").exists():
+            raise ConfigError(f"--out {run_dir} already holds a run; choose a new directory")
+        writer = RunWriter(run_dir)
+        writer.write_run(started_at=datetime.fromtimestamp(res.first, timezone.utc).isoformat(timespec="seconds"),
+                         status="completed", mode="ingest", machine=machine_info(), t0=res.t0,
+                         scenario={"name": source.stem, "load": {"model": "external"}}, server={"kind": "external"})
+    for record in res.driver_records():
+        writer.append("driver.jsonl", record)
+    writer.write_run(ingested={"file": str(source), "format": res.fmt, "unparsed": dict(res.problems)})
+    writer.close()
+    if res.problems:
+        print(f"fastapi-harness: {source}: kept what parsed; skipped {dict(res.problems)}", file=sys.stderr)
+    summary = write_reports(run_dir)
+    print(format_summary(summary, str(run_dir)))
+    return 0
+
+
 def diagnose_options(args: argparse.Namespace):  # -> DiagnoseOptions
     from harness.diagnose import DiagnoseOptions
 
@@ -311,7 +363,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     failure: HarnessError | None = None
     try:
         run_scenario(scenario, run_dir, progress=printer, allow_remote=args.allow_remote, diagnose=diagnose, say=printer.say,
-                     jtl=Path(args.jtl).resolve() if args.jtl else None)
+                     jtl=Path(args.jtl).resolve() if args.jtl else None, driver_cmd=args.driver_cmd or "")
     except HarnessError as e:
         failure = e
     finally:
@@ -449,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_diff(args)
         if args.command == "export-jmx":
             return cmd_export_jmx(args)
+        if args.command == "ingest":
+            return cmd_ingest(args)
         return cmd_run(args)
     except HarnessError as e:
         print(f"fastapi-harness: {e}", file=sys.stderr)

@@ -186,7 +186,8 @@ class RunWriter:
             name: open(path / name, "a", buffering=1) for name in (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL, DB_JSONL)
         }
         self._lock = threading.Lock()
-        self.run: dict[str, Any] = {}
+        existing = path / RUN_JSON  # appending to a run (ingest --into) keeps what it recorded
+        self.run: dict[str, Any] = json.loads(existing.read_text()) if existing.is_file() else {}
 
     def write_run(self, **fields: Any) -> None:
         """Merge ``fields`` into run.json and rewrite it."""

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import psutil
 
 from harness.config import Scenario
 from harness.diagnose import DiagnoseOptions, search_knee
-from harness.errors import HarnessError, Interrupted, TargetDiedError, UnreachableError, ConfigError
+from harness.errors import ConfigError, DriverError, HarnessError, Interrupted, TargetDiedError, UnreachableError
 from harness.launcher import HOST, Server, raise_fd_limit, stderr_tail
 from harness.load.histogram import Histogram
 from harness.load.jtl import join_parts
@@ -123,6 +124,27 @@ def check_url(url: str, allow_remote: bool) -> tuple[str, int]:
     return ("127.0.0.1" if host == "localhost" else host), port
 
 
+def check_overlap(first: float, last: float, t0: float, sampled_until: float, start: float = -1.0) -> None:
+    """Refuse results whose clock does not overlap the sampled window (taken elsewhere, or at another time)."""
+    lo, hi = t0 + start, t0 + sampled_until + 1
+    inside = max(0.0, min(last, hi) - max(first, lo))
+    if first > last or inside < 0.5 * max(last - first, 1e-3):
+        when = lambda x: datetime.fromtimestamp(x, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+        raise ConfigError(f"the results run from {when(first)} to {when(last)}, but the app was sampled from {when(lo)} "
+                          f"to {when(hi)}; they do not overlap — were they taken against this run, on this machine's clock?")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def request_profile(run_dir: Path, ident: int, seconds: float) -> None:
     """Ask every worker's agent to profile the next ``seconds`` (the agents poll this file)."""
     tmp = run_dir / (AGENT_CONTROL + ".tmp")
@@ -178,6 +200,7 @@ def run_scenario(
     diagnose: DiagnoseOptions | None = None,
     say: Callable[[str], None] = lambda line: None,
     jtl: Path | None = None,
+    driver_cmd: str = "",
 ) -> str:
     """Run ``scenario`` (or, with ``diagnose``, search its load for the knee) into ``run_dir``; return the status."""
     writer = RunWriter(run_dir)
@@ -198,7 +221,9 @@ def run_scenario(
                                   jtl=jtl is not None)
                 try:
                     session.open(allow_remote)
-                    if diagnose:
+                    if driver_cmd:
+                        session.drive_external(driver_cmd, say)
+                    elif diagnose:
                         search_knee(session, scenario, diagnose, say)
                     else:
                         session.drive(scenario, 0.0, profile_at=scenario.agent.profile_at_s)
@@ -246,6 +271,7 @@ class Session:
         self.host, self.port, self.t0 = HOST, 0, 0.0
         self.profiles = 0
         self.jtl = jtl
+        self.external: subprocess.Popen | None = None
 
     def open(self, allow_remote: bool) -> None:
         """Check the database, boot or attach to the target, start the samplers."""
@@ -269,7 +295,7 @@ class Session:
         self.t0 = time.time() + START_DELAY_S
         writer.write_run(t0=self.t0, drivers=self.drivers)
         sampler = Sampler(
-            server_pid=lambda: server_pid, driver_pids=lambda: self.fleet.pids if self.fleet else [], t0=self.t0,
+            server_pid=lambda: server_pid, driver_pids=self.driver_pids, t0=self.t0,
             interval_s=scenario.sampling.interval_s,
             on_sample=lambda s: writer.append("samples.jsonl", s),
             on_event=lambda e: writer.append("events.jsonl", e),
@@ -281,6 +307,49 @@ class Session:
             watcher = PgWatcher(database.url, self.t0, lambda r: writer.append("db.jsonl", r))
             watcher.start()
             self.stack.callback(watcher.stop)
+
+    def driver_pids(self) -> list[int]:
+        if self.external is not None:
+            try:
+                return [self.external.pid, *(c.pid for c in psutil.Process(self.external.pid).children(recursive=True))]
+            except psutil.Error:
+                return []
+        return self.fleet.pids if self.fleet else []
+
+    def drive_external(self, template: str, say: Callable[[str], None]) -> None:
+        """Let another load tool drive the target; read its results into the recording afterwards."""
+        from harness.interop.results import read_results
+
+        results = self.writer.path / "external.jtl"
+        url = f"http://{self.host}:{self.port}"
+        cmd = (template.replace("{url}", url).replace("{host}", self.host).replace("{port}", str(self.port))
+               .replace("{jtl}", str(results)))
+        self.writer.write_run(driver_cmd=cmd)
+        say(f"driving with: {cmd}")
+        log = open(self.writer.path / "driver-cmd.log", "wb")
+        self.stack.callback(log.close)
+        try:
+            self.external = subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True, cwd=os.getcwd())
+        except OSError as e:
+            raise DriverError(f"--driver-cmd could not start ({e}); check the command") from None
+        self.stack.callback(_kill_group, self.external)
+        while self.external.poll() is None:
+            self.check_target()
+            self.progress(Progress(max(0.0, self.now()), None, 0.0, 0.0, 0, 0, None))
+            time.sleep(0.25)
+        if self.external.returncode != 0:
+            raise DriverError(f"--driver-cmd exited with code {self.external.returncode}: "
+                              f"{stderr_tail(self.writer.path / 'driver-cmd.log', 5).strip()}")
+        if not results.is_file():
+            raise DriverError(f"--driver-cmd finished but wrote no results at {results}; pass {{jtl}} where the tool "
+                              "writes its result file")
+        res = read_results(results, self.t0)
+        check_overlap(res.first, res.last, self.t0, self.now())
+        for record in res.driver_records():
+            self.writer.append("driver.jsonl", record)
+        if res.problems:
+            say(f"{results.name}: kept what parsed; skipped {dict(res.problems)}")
 
     @property
     def agent_on(self) -> bool:
