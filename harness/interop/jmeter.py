@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape
 
 from harness.config import Scenario
 from harness.errors import ConfigError
+from harness.interop import parse_xml
 
 SAMPLERS = {"HTTPSamplerProxy", "HTTPSampler", "HTTPSampler2"}
 FLATTENED = {"GenericController", "TransactionController"}
@@ -138,16 +139,7 @@ def _walk(plan: Plan, tree: ET.Element | None, inherited_headers: dict[str, str]
 
 
 def _parse(path: Path) -> ET.Element:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the test plan ({e.strerror}); check the path") from None
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise ConfigError(f"{path}: refusing a test plan with DOCTYPE/ENTITY declarations (JMeter never writes them)")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ConfigError(f"{path}: not valid XML ({e}); is this a JMeter .jmx file?") from None
+    root = parse_xml(path, "test plan")
     if root.tag != "jmeterTestPlan":
         raise ConfigError(f"{path}: the root element is <{root.tag}>, not <jmeterTestPlan>; is this a JMeter .jmx file?")
     return root

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.errors import ConfigError
+from harness.interop import parse_xml
 from harness.load.histogram import Histogram
 
 JTL_REQUIRED = ("timeStamp", "elapsed", "responseCode", "success")
@@ -121,14 +121,7 @@ def _jtl_csv(p: Path, res: Results) -> Results:
 
 def _jtl_xml(p: Path, res: Results) -> Results:
     res.fmt = "jmeter-jtl-xml"
-    text = p.read_text(errors="replace")
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise ConfigError(f"{p}: refusing an XML result file with DOCTYPE/ENTITY declarations")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise ConfigError(f"{p}: not valid XML ({e})") from None
-    for el in root:
+    for el in parse_xml(p, "result file"):
         if el.tag not in ("httpSample", "sample"):
             continue
         try:
