@@ -47,10 +47,7 @@ class Agent:
         self.ended_stalls: "collections.deque[Tuple[float, float, float, list]]" = collections.deque()
         self.raw_hot: "collections.deque[Tuple[float, list, bool]]" = collections.deque(maxlen=5000)
         self.last_sig_cpu = 0.0
-        self.lock = threading.Lock()
         self.records: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=10_000)
-        self.hot: Dict[str, float] = collections.Counter()
-        self.hot_frames: Dict[str, float] = collections.Counter()
         self.routes: Any = None  # set by the middleware
         self.threadpool = probes.ThreadpoolProbe()
         self.pools = probes.PoolProbe()
