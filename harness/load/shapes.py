@@ -46,7 +46,7 @@ class OpenShape:
         for (t0, r0), (t1, r1) in zip(pts, pts[1:]):
             if t0 <= elapsed < t1:
                 return r0 + (r1 - r0) * (elapsed - t0) / (t1 - t0)
-        return pts[-1][1]
+        return 0.0  # before the first corner (a shape shifted to start later)
 
     def scaled(self, factor: float) -> "OpenShape":
         """The same shape with every rate multiplied (a driver's shard of the load)."""

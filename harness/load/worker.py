@@ -32,6 +32,7 @@ from typing import Any
 import httptools
 
 from harness.load.jtl import JtlPart
+from harness.load.shapes import OpenShape
 
 OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect-refused", "connection-reset", "other")
 OK, C4XX, C5XX, TIMEOUT, REFUSED, RESET, OTHER = range(len(OUTCOMES))
@@ -304,19 +305,12 @@ class Driver:
     # ---------------------------------------------------------------- open model
 
     def start_open(self) -> None:
-        self.points = [tuple(p) for p in self.plan["points"]]
-        self.shape_end = self.points[-1][0] if self.points else 0.0
+        self.shape = OpenShape(tuple((float(t), float(r)) for t, r in self.plan["points"]))
+        self.shape_end = self.shape.duration_s
         self.max_conns = int(self.plan["connections"])
         self.credit = float(self.plan.get("phase", 0.0))
-        self.last_rel = self.points[0][0] if self.points else 0.0
+        self.last_rel = self.shape.points[0][0] if self.shape.points else 0.0
         self.loop.call_at(self.loop_time(self.t0p + self.last_rel), self.tick)
-
-    def rate_at(self, rel: float) -> float:
-        pts = self.points
-        for (t0, r0), (t1, r1) in zip(pts, pts[1:]):
-            if t0 <= rel < t1:
-                return r0 + (r1 - r0) * (rel - t0) / (t1 - t0)
-        return 0.0
 
     def tick(self) -> None:
         if self.dispatch_over:
@@ -325,7 +319,7 @@ class Driver:
         last = self.last_rel
         if rel > last:
             # arrivals in (last, rel]: trapezoid of the rate, each placed where the cumulative crosses an integer
-            gain = (self.rate_at(last) + self.rate_at(rel - 1e-9)) / 2 * (rel - last)
+            gain = (self.shape.at(last) + self.shape.at(rel - 1e-9)) / 2 * (rel - last)
             before = self.credit
             self.credit += gain
             n = int(math.floor(self.credit) - math.floor(before))
