@@ -1,11 +1,12 @@
 """The harness driver vs wrk, one core each, against the same loopback target.
 
-    python benchmarks/driver_throughput.py [--runs 3] [--seconds 5] [--connections 50]
+    python benchmarks/driver_throughput.py [--runs 9] [--seconds 3] [--connections 50] [--jtl]
 
 The target is nginx when installed (one worker pinned to core 0), else a minimal uvloop
 server. wrk (when installed) and one harness driver process (full latency recording)
 take turns on core 1 with the same connection count. Prints each run, the medians and
-the ratio driver / wrk. Load goes to 127.0.0.1 only, bounded by --seconds.
+the ratio driver / wrk, both as a ratio of medians and as the median of each run's paired
+ratio (the steadier figure on a shared machine). Load goes to 127.0.0.1 only, bounded by --seconds.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.config import build_scenario  # noqa: E402
+from harness.load.jtl import join_parts  # noqa: E402
 from harness.load.manager import shard_plans  # noqa: E402
 
 NGINX_CONF = """
@@ -119,13 +121,24 @@ def run_driver(port: int, seconds: int, connections: int, jtl_dir: Path | None =
     recorded = sum(c for r in seconds_recs for _, c in r["hist"]["b"])
     ok = sum(r["outcomes"].get("ok", 0) for r in seconds_recs)
     assert recorded == ok, "every response must be in a latency histogram"
+    if jtl_dir is not None:
+        t = time.perf_counter()
+        lines = join_parts([plan["jtl"]], str(jtl_dir / "results.jtl"))
+        print(f"  JTL: {lines:,} lines formatted by the manager in {time.perf_counter() - t:.2f} s")
+        assert lines == sum(sum(r["outcomes"].values()) for r in seconds_recs), "one JTL line per request"
     return ok / sum(r["span"] for r in seconds_recs)
+
+
+def ratio_line(what: str, ours: list[float], anchor: list[float]) -> str:
+    paired = statistics.median(a / b for a, b in zip(ours, anchor))
+    return (f"ratio {what}: {statistics.median(ours) / statistics.median(anchor):.2f} (medians), "
+            f"{paired:.2f} (median of the runs' paired ratios)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--jtl", action="store_true", help="also run the driver writing a JTL line per request, and compare")
     args = ap.parse_args()
@@ -137,24 +150,27 @@ def main() -> None:
             print(f"target: {name}; load generator on core 1; {args.connections} connections, {args.seconds} s per run")
             wrk, ours, with_jtl = [], [], []
             for i in range(args.runs):
+                # each run's contenders go back to back, in reversed order every other run, so that
+                # the machine's drift (other tenants) weighs on both sides of a paired ratio alike
+                todo = [lambda: ours.append(run_driver(port, args.seconds, args.connections))]
                 if has_wrk:
-                    wrk.append(run_wrk(port, args.seconds, args.connections))
-                ours.append(run_driver(port, args.seconds, args.connections))
+                    todo.append(lambda: wrk.append(run_wrk(port, args.seconds, args.connections)))
                 if args.jtl:
-                    with_jtl.append(run_driver(port, args.seconds, args.connections, Path(tmp)))
+                    todo.append(lambda: with_jtl.append(run_driver(port, args.seconds, args.connections, Path(tmp))))
+                for step in todo[::-1] if i % 2 else todo:
+                    step()
                 print(f"run {i + 1}: " + (f"wrk {wrk[-1]:,.0f} req/s   " if has_wrk else "") + f"harness driver {ours[-1]:,.0f} req/s"
                       + (f"   with JTL {with_jtl[-1]:,.0f} req/s" if args.jtl else ""))
         finally:
             target.terminate()
             target.wait(timeout=10)
-    med = statistics.median(ours)
-    print(f"median: harness driver {med:,.0f} req/s (latency recorded for every response)")
+    print(f"median: harness driver {statistics.median(ours):,.0f} req/s (latency recorded for every response)")
     if with_jtl:
-        print(f"median: with a JTL line per request {statistics.median(with_jtl):,.0f} req/s, "
-              f"ratio {statistics.median(with_jtl) / med:.2f} (target ≥ 0.90)")
+        print(f"median: with a JTL line per request {statistics.median(with_jtl):,.0f} req/s")
+        print(ratio_line("with JTL / without (target ≥ 0.90)", with_jtl, ours))
     if has_wrk:
         print(f"median: wrk {statistics.median(wrk):,.0f} req/s")
-        print(f"ratio driver / wrk: {med / statistics.median(wrk):.2f}x per core")
+        print(ratio_line("driver / wrk per core (target ≥ 1.0)", ours, wrk))
     else:
         print("wrk is not installed (apt-get install wrk): no anchor, no ratio")
 

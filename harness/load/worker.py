@@ -10,10 +10,12 @@ Contract with the manager (``python -m harness.load.worker``):
   ``{"type": "error", "message": ...}`` when the shard could not run.
 
 The hot path is callbacks on an ``asyncio.Protocol`` with httptools parsing: no
-coroutine, future or timer per request. Latency is recorded into a log-linear histogram
-(see ``histogram.py``; ``bucket_of`` is inlined here). In the open model latency counts
-from the *scheduled* send time, so a slow server cannot hide queueing (no coordinated
-omission).
+coroutine, future or timer per request, and one Python frame per response (the event loop
+hands received bytes straight to the parser; ``on_message_complete`` records the response
+and, in the common closed-model case, sends the user's next request itself). Latency is
+recorded into a log-linear histogram (see ``histogram.py``; ``bucket_of`` is a lookup table
+or inlined here). In the open model latency counts from the *scheduled* send time, so a slow
+server cannot hide queueing (no coordinated omission).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import signal
 import sys
 import time
 from functools import partial
+from time import perf_counter
 from typing import Any
 
 import httptools
 
+from harness.load.histogram import bucket_of
 from harness.load.jtl import JtlPart
 from harness.load.shapes import OpenShape
 
@@ -39,94 +43,104 @@ OK, C4XX, C5XX, TIMEOUT, REFUSED, RESET, OTHER = range(len(OUTCOMES))
 LATE_S = 0.010  # a send this much behind its schedule counts as late
 SWEEP_S = 0.1
 HIST_SIZE = 8192  # bucket index of the largest 64-bit microsecond value is below this
+FAST_BUCKETS = 1 << 16  # latencies below 65.5 ms find their bucket by one list index
+_canonical: dict[int, int] = {}
+BUCKET_OF = [_canonical.setdefault(b, b) for b in map(bucket_of, range(FAST_BUCKETS))]  # shared int objects: 0.5 MB
 
 
 class Second:
     """What one driver saw during one second."""
 
-    __slots__ = ("sent", "hist", "max_us", "outcomes", "labels", "lag_max", "late", "dropped", "bytes_in")
+    __slots__ = ("sent", "hist", "max_us", "counts", "lag_max", "late", "dropped")
 
-    def __init__(self, n_labels: int):
+    def __init__(self, n_requests: int):
         self.sent = 0
         self.hist = [0] * HIST_SIZE  # dense: indexing a list beats dict get/set in the hot path
         self.max_us = 0
-        self.outcomes = [0] * len(OUTCOMES)
-        self.labels = [[0, 0] for _ in range(n_labels)]
+        self.counts = [[0] * n_requests for _ in OUTCOMES]  # counts[outcome][request]
         self.lag_max = 0.0
         self.late = 0
         self.dropped = 0
-        self.bytes_in = 0
+
+    def outcomes(self) -> list[int]:
+        return [sum(per_request) for per_request in self.counts]
+
+    def labels(self) -> list[list[int]]:
+        """Per request: [completed, failed]."""
+        return [[sum(col), sum(col) - col[OK]] for col in zip(*self.counts)]
 
 
 class Conn(asyncio.Protocol):
-    __slots__ = ("d", "owner", "transport", "parser", "busy", "closed", "t_start", "t_sent", "ri", "bytes_in")
+    __slots__ = ("d", "owner", "thread", "transport", "parser", "data_received", "busy", "closed", "t_start", "t_sent", "ri")
 
     def __init__(self, driver: "Driver", owner: "User | None"):
         self.d = driver
         self.owner = owner
+        self.thread = owner.index if owner is not None else 0
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
+        # received bytes go straight to the C parser; a parse error reaches connection_lost
+        self.data_received = self.parser.feed_data
         self.busy = False
         self.closed = False
         self.t_start = 0.0
         self.t_sent = 0.0
         self.ri = 0
-        self.bytes_in = 0
         driver.conns.append(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            if self.busy:
-                self.d.fail(self, OTHER)
-
     def on_message_complete(self) -> None:
         # the hot path: record latency and outcome inline, then hand the connection on
         if not self.busy:
             return
-        now = time.perf_counter()
-        self.busy = False
+        now = perf_counter()
         d = self.d
         cur = d.cur
         us = int((now - self.t_start) * 1e6)
-        if us < 256:
-            b = us
+        if us < FAST_BUCKETS:
+            cur.hist[BUCKET_OF[us]] += 1
         else:
             shift = us.bit_length() - 8
-            b = (shift << 7) + (us >> shift)
-        cur.hist[b] += 1
+            cur.hist[(shift << 7) + (us >> shift)] += 1
         if us > cur.max_us:
             cur.max_us = us
         status = self.parser.get_status_code()
         kind = OK if status < 400 else C4XX if status < 500 else C5XX
-        if d.jtl is not None:
-            d.jtl.rows.append((self.t_start, us, self.ri, status, self.owner.index if self.owner else 0))
-        d.inflight -= 1
-        cur.outcomes[kind] += 1
-        label = cur.labels[self.ri]
-        label[0] += 1
-        if kind:
-            label[1] += 1
+        cur.counts[kind][self.ri] += 1
+        if d.jtl_rows is not None:
+            d.jtl_rows.append((self.t_start, us, self.ri, status, self.thread))
         if not self.parser.should_keep_alive():
             self.closed = True
             self.transport.close()  # type: ignore[union-attr]
         owner = self.owner
         if owner is not None and not d.dispatch_over:
             owner.done += 1
+            if owner.done != d.loops and d.eager and not self.closed:
+                # the common case: the same user sends its next request on this connection at once
+                ri = d.next_request() if d.mixed else 0
+                cur.sent += 1
+                self.ri = ri
+                self.t_start = self.t_sent = now
+                try:
+                    self.transport.write(d.requests[ri])  # type: ignore[union-attr]
+                except RuntimeError:  # uvloop: the peer closed it and connection_lost is still queued
+                    d.fail(self, RESET)
+                return
+            self.busy = False
+            d.inflight -= 1
             d.user_next(owner, now)
         else:
+            self.busy = False
+            d.inflight -= 1
             d.after(self, owner, now)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.d.open_conns -= 1
         if self.busy:
-            self.d.fail(self, RESET)
+            self.d.fail(self, OTHER if isinstance(exc, httptools.HttpParserError) else RESET)
 
 
 class User:
@@ -152,6 +166,7 @@ class Driver:
         self.mixed = len(self.cycle) > 1
         self.loops = int(plan["loops"])
         self.think = float(plan["think_time_s"])
+        self.eager = not self.think  # closed users send again as soon as a response completes
         self.cur = Second(len(self.requests))
         self.conns: list[Conn] = []
         self.open_conns = 0
@@ -162,15 +177,16 @@ class Driver:
         self.sent_total = 0
         self.finished = loop.create_future()
         # one clock for everything: perf_counter, anchored to the shared epoch start t0
-        self.t0p = time.perf_counter() + (float(plan["t0"]) - time.time())
+        self.t0p = perf_counter() + (float(plan["t0"]) - time.time())
         self.start_s = float(plan.get("start_s", 0.0))  # this shard starts this long after t0 (diagnose steps)
-        self.cpu_mark = (time.perf_counter(), time.process_time())
+        self.cpu_mark = (perf_counter(), time.process_time())
         self.second = int(self.start_s)
         self.users_active = 0
         self.pending: collections.deque[tuple[float, int]] = collections.deque()
         self.idle: list[Conn] = []
         self.jtl = JtlPart(plan["jtl"], [r["label"] for r in plan["requests"]], [r["url"] for r in plan["requests"]],
                            [len(b) for b in self.requests], self.index) if plan.get("jtl") else None
+        self.jtl_rows = self.jtl.rows if self.jtl is not None else None
 
     # ---------------------------------------------------------------- sending
 
@@ -210,28 +226,23 @@ class Driver:
             )
             self.record_failure(t_start, ri, kind, owner)
             self.count(kind, ri)
-            self.after(None, owner, time.perf_counter())
+            self.after(None, owner, perf_counter())
             return
         _, conn = fut.result()
         if owner is not None:
             owner.conn = conn
-        self.write(conn, ri, t_start, time.perf_counter())
+        self.write(conn, ri, t_start, perf_counter())
 
     # ---------------------------------------------------------------- outcomes
 
     def record_failure(self, t_start: float, ri: int, kind: int, owner: User | None) -> None:
-        if self.jtl is not None:
-            us = int((time.perf_counter() - t_start) * 1e6)
-            self.jtl.rows.append((t_start, us, ri, OUTCOMES[kind], owner.index if owner else 0))
+        if self.jtl_rows is not None:
+            us = int((perf_counter() - t_start) * 1e6)
+            self.jtl_rows.append((t_start, us, ri, OUTCOMES[kind], owner.index if owner else 0))
 
     def count(self, kind: int, ri: int) -> None:
         self.inflight -= 1
-        cur = self.cur
-        cur.outcomes[kind] += 1
-        label = cur.labels[ri]
-        label[0] += 1
-        if kind:
-            label[1] += 1
+        self.cur.counts[kind][ri] += 1
 
     def fail(self, conn: Conn, kind: int) -> None:
         conn.busy = False
@@ -240,7 +251,7 @@ class Driver:
             conn.transport.abort()
         self.record_failure(conn.t_start, conn.ri, kind, conn.owner)
         self.count(kind, conn.ri)
-        self.after(conn, conn.owner, time.perf_counter())
+        self.after(conn, conn.owner, perf_counter())
 
     def after(self, conn: Conn | None, owner: User | None, now: float) -> None:
         if owner is not None:
@@ -268,7 +279,7 @@ class Driver:
         if self.dispatch_over:
             self.user_gone()
             return
-        now = time.perf_counter()
+        now = perf_counter()
         self.note_lag(now - intended)
         self.attempt(user.conn, user, self.next_request(), now, now)
 
@@ -282,18 +293,6 @@ class Driver:
             return
         if self.think:
             self.loop.call_later(self.think, self.user_send, user, now + self.think)
-        elif conn is not None and not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
-            # the common case, inlined: same connection, next request at once
-            ri = self.next_request() if self.mixed else 0
-            self.cur.sent += 1
-            self.inflight += 1
-            conn.busy = True
-            conn.ri = ri
-            conn.t_start = conn.t_sent = now
-            try:
-                conn.transport.write(self.requests[ri])  # type: ignore[union-attr]
-            except RuntimeError:  # uvloop: the peer closed it and connection_lost is still queued
-                self.fail(conn, RESET)
         else:
             self.attempt(conn, user, self.next_request(), now, now)
 
@@ -315,7 +314,7 @@ class Driver:
     def tick(self) -> None:
         if self.dispatch_over:
             return
-        rel = min(time.perf_counter() - self.t0p, self.shape_end)
+        rel = min(perf_counter() - self.t0p, self.shape_end)
         last = self.last_rel
         if rel > last:
             # arrivals in (last, rel]: trapezoid of the rate, each placed where the cumulative crosses an integer
@@ -345,7 +344,7 @@ class Driver:
             self.pending.append((sched, ri))
 
     def send_scheduled(self, conn: Conn | None, ri: int, sched: float) -> None:
-        now = time.perf_counter()
+        now = perf_counter()
         self.note_lag(now - sched)
         self.attempt(conn, None, ri, sched, now)
 
@@ -370,7 +369,7 @@ class Driver:
             cur.late += 1
 
     def loop_time(self, perf_t: float) -> float:
-        return self.loop.time() + (perf_t - time.perf_counter())
+        return self.loop.time() + (perf_t - perf_counter())
 
     def end_dispatch(self) -> None:
         if self.dispatch_over:
@@ -381,7 +380,7 @@ class Driver:
 
     def sweep(self) -> None:
         """Time out requests past the per-request timeout and queued sends past it too."""
-        now = time.perf_counter()
+        now = perf_counter()
         for conn in self.conns:
             if conn.busy and now - conn.t_sent > self.timeout:
                 self.fail(conn, TIMEOUT)
@@ -392,6 +391,8 @@ class Driver:
         if self.dispatch_over and self.inflight == 0 and not self.finished.done():
             self.pending.clear()
             self.finished.set_result(None)
+        if self.jtl is not None:  # every 100 ms: small batches of rows stay in the CPU cache
+            self.jtl.flush(self.users_active or self.open_conns)
         self.loop.call_later(SWEEP_S, self.sweep)
 
     def flush_second(self) -> None:
@@ -401,27 +402,23 @@ class Driver:
         self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
 
     def emit_second(self, span: float) -> None:
-        if self.jtl is not None:
-            self.jtl.flush(self.users_active or self.open_conns)
         cur, self.cur = self.cur, Second(len(self.requests))
-        for conn in self.conns:
-            cur.bytes_in += conn.bytes_in
-            conn.bytes_in = 0
-        now_w, now_c = time.perf_counter(), time.process_time()
+        outcomes = cur.outcomes()
+        now_w, now_c = perf_counter(), time.process_time()
         wall, cpu = now_w - self.cpu_mark[0], now_c - self.cpu_mark[1]
         self.cpu_mark = (now_w, now_c)
-        for i, n in enumerate(cur.outcomes):
+        for i, n in enumerate(outcomes):
             self.totals[i] += n
         self.sent_total += cur.sent
         self.emit({
             "type": "second", "driver": self.index, "t": self.second, "span": round(span, 4),
             "sent": cur.sent,
-            "outcomes": {OUTCOMES[i]: n for i, n in enumerate(cur.outcomes) if n},
+            "outcomes": {OUTCOMES[i]: n for i, n in enumerate(outcomes) if n},
             "hist": {"b": [(b, n) for b, n in enumerate(cur.hist) if n], "max": cur.max_us},
-            "labels": cur.labels,
+            "labels": cur.labels(),
             "lag_max_ms": round(cur.lag_max * 1000, 3), "late": cur.late, "dropped": cur.dropped,
             "pending": len(self.pending), "conns": self.open_conns, "inflight": self.inflight,
-            "users": self.users_active, "bytes_in": cur.bytes_in,
+            "users": self.users_active,
             "cpu": round(cpu / wall, 4) if wall > 0 else 0.0,
         })
 
@@ -447,10 +444,10 @@ class Driver:
             self.finished.set_result(None)
 
     async def run(self) -> None:
-        delay = self.t0p + self.start_s - time.perf_counter()
+        delay = self.t0p + self.start_s - perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        self.cpu_mark = (time.perf_counter(), time.process_time())
+        self.cpu_mark = (perf_counter(), time.process_time())
         self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
         self.loop.call_later(SWEEP_S, self.sweep)
         if self.plan["model"] == "closed":
@@ -458,7 +455,7 @@ class Driver:
         else:
             self.start_open()
         await self.finished
-        self.emit_second(max(0.0, time.perf_counter() - (self.t0p + self.second)))
+        self.emit_second(max(0.0, perf_counter() - (self.t0p + self.second)))
         if self.jtl is not None:
             self.jtl.close(0)
         self.emit({
@@ -496,6 +493,12 @@ def main() -> int:
             loop.remove_reader(stdin_fd)
             driver.interrupt()
 
+    def quiet_parse_errors(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # a response that does not parse is counted as "other" by Conn.connection_lost
+        if not isinstance(context.get("exception"), httptools.HttpParserError):
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(quiet_parse_errors)
     loop.add_reader(stdin_fd, on_stdin)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, driver.interrupt)
