@@ -1,105 +1,100 @@
-"""What the in-process agent costs: /fast on one worker, with and without the agent, alternating.
+"""What the in-process agent costs: /fast on one worker, with and without the agent.
 
-    python benchmarks/agent_overhead.py [--pairs 5] [--seconds 5] [--users 50]
+    python benchmarks/agent_overhead.py [--boots 5] [--pairs 4] [--seconds 2] [--users 50]
 
-Runs A (no agent) and B (agent on, no profiling) in turns — A B A B ... — in one invocation,
-each a fresh server booted by the harness, and prints every run, the medians and the ratios
-B/A for throughput and p99. Load goes to 127.0.0.1 only, bounded by --seconds.
+Boots two copies of sample_app through the harness launcher, each one uvicorn worker
+(scenarios/fast.toml): A without the agent, B with it (no profiling). Then one harness
+driver process drives them in turns with the same closed load, A B, B A, A B ..., a short
+slice each, so that the machine's drift (its speed wanders by tens of percent over minutes
+on this shared 2-core machine, which buries a 3 % effect when whole runs take turns) weighs
+on both sides of every pair alike. Only one server is loaded at a time. Both servers are
+booted afresh --boots times, because one process can be a few percent faster than another
+of the same code for the whole of its life (memory layout, hash seeds). Prints every pair
+and the medians of the pairs' ratios B/A for throughput and p99. Each boot's first pair
+warms the servers up and is not counted. Also printed: the server's CPU time per request (all its
+threads), a steadier figure of what the agent costs than throughput when the machine is busy.
+Load goes to 127.0.0.1 only, bounded by --boots × --pairs × --seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.analysis.summary import summarize  # noqa: E402
-from harness.config import load_scenario  # noqa: E402
-from harness.recording import Recording  # noqa: E402
-from harness.runner import run_scenario  # noqa: E402
+from harness.config import Scenario, load_scenario  # noqa: E402
+from harness.launcher import HOST, Server  # noqa: E402
+from harness.load.histogram import Histogram  # noqa: E402
+from harness.load.manager import DriverFleet, shard_plans  # noqa: E402
 
 
-def one_run(agent: bool, seconds: int, users: int, out: Path) -> tuple[float, float]:
-    scenario = load_scenario(ROOT / "scenarios" / "fast.toml", overrides={
-        "app.agent": agent, "load.duration": f"{seconds}s", "load.users": users,
-    })
-    run_scenario(scenario, out)
-    s = summarize(Recording.load(out))
-    return s["throughput_rps"], s["latency_ms"]["p99"]
+def drive(scenario: Scenario, server: Server, log_dir: Path) -> tuple[float, float, float]:
+    """One slice of load: completed requests per second, p99 in ms, and the server's CPU µs per request."""
+    records: list[dict] = []
+    cpu_before = server_cpu(server)
+    with DriverFleet(shard_plans(scenario, HOST, server.port, time.time() + 0.3, 1), records.append, log_dir) as fleet:
+        while not fleet.finished():
+            time.sleep(0.02)
+    cpu = server_cpu(server) - cpu_before
+    seconds = [r for r in records if r["type"] == "second"]
+    assert seconds and not fleet.failed(), f"the driver failed; see {log_dir}"
+    completed = sum(sum(r["outcomes"].values()) for r in seconds)
+    p99 = Histogram.merged(Histogram.from_json(r["hist"]) for r in seconds).percentile(0.99) / 1000
+    return completed / sum(r["span"] for r in seconds), p99, cpu / completed * 1e6
 
 
-def asgi_cost_us(n: int = 4_000) -> tuple[float, float]:
-    """Median µs per in-process ASGI request to /fast: bare app vs wrapped by the running agent.
-
-    No sockets and no second process, so this figure is far steadier than the end-to-end one.
-    """
-    import asyncio
-    import time
-
-    sys.path.insert(0, str(ROOT / "harness"))
-    from agent.core import Agent
-    from agent.middleware import AgentMiddleware
-    from sample_app.main import app
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "path": "/fast",
-             "raw_path": b"/fast", "query_string": b"", "headers": [], "scheme": "http", "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 1), "root_path": ""}
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict) -> None:
-        pass
-
-    async def per_request_us(target) -> float:
-        t = time.perf_counter()
-        for i in range(n):
-            await target(dict(scope), receive, send)
-            if i % 50 == 0:
-                await asyncio.sleep(0)  # let the loop run its callbacks (the heartbeat), as a server's does
-        return (time.perf_counter() - t) / n * 1e6
-
-    async def both() -> tuple[float, float]:
-        await per_request_us(app)  # warm-up
-        bare, agent_on = [], []
-        for _ in range(5):  # alternate, a fresh agent each round, so drift hits both alike
-            bare.append(await per_request_us(app))
-            agent = Agent({"run_dir": tempfile.mkdtemp(), "stall_ms": 25, "hot_hz": 50})
-            wrapped = AgentMiddleware(app, agent)
-            agent_on.append(await per_request_us(wrapped))
-            agent.stop()
-        return statistics.median(bare), statistics.median(agent_on)
-
-    return asyncio.run(both())
+def server_cpu(server: Server) -> float:
+    """CPU seconds the server's processes (all threads) have used so far."""
+    return sum(sum(p.cpu_times()[:2]) for p in server.tree())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=5)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--boots", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=4, help="counted pairs per boot")
+    ap.add_argument("--seconds", type=int, default=2)
     ap.add_argument("--users", type=int, default=50)
     args = ap.parse_args()
-    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.pairs):
-            for agent in (False, True):
-                rps, p99 = one_run(agent, args.seconds, args.users, Path(tmp) / f"{i}-{agent}")
-                runs[agent].append((rps, p99))
-                print(f"pair {i + 1} {'agent   ' if agent else 'no agent'}: {rps:8,.0f} req/s  p99 {p99:6.2f} ms", flush=True)
-    med = {a: (statistics.median(r for r, _ in v), statistics.median(p for _, p in v)) for a, v in runs.items()}
-    print(f"median no agent: {med[False][0]:,.0f} req/s, p99 {med[False][1]:.2f} ms")
-    print(f"median agent:    {med[True][0]:,.0f} req/s, p99 {med[True][1]:.2f} ms")
-    print(f"throughput ratio agent/no-agent: {med[True][0] / med[False][0]:.3f} (target ≥ 0.97)")
-    print(f"p99 ratio agent/no-agent:        {med[True][1] / med[False][1]:.3f} (target ≤ 1.05)")
-    bare_us, agent_us = asgi_cost_us()
-    print(f"in-process ASGI cost per /fast request: bare {bare_us:.1f} µs, with the agent {agent_us:.1f} µs "
-          f"(+{agent_us - bare_us:.1f} µs, ratio {bare_us / agent_us:.3f} as throughput)")
+    scenario = load_scenario(ROOT / "scenarios" / "fast.toml", overrides={
+        "load.users": args.users, "load.duration": f"{args.seconds}s"})
+    ratios: list[tuple[float, float, float]] = []
+    print(f"/fast, 1 uvicorn worker each, {args.users} users, {args.seconds} s slices; pair 0 of each boot warms up")
+    for boot in range(args.boots):
+        with tempfile.TemporaryDirectory() as tmp:
+            dirs = {agent: Path(tmp) / ("agent" if agent else "no-agent") for agent in (False, True)}
+            for d in dirs.values():
+                d.mkdir()
+            with Server(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare, \
+                    Server(scenario.app, dirs[True], scenario.agent) as with_agent:
+                servers = {False: bare, True: with_agent}
+                run_pairs(scenario, servers, dirs, args.pairs, boot, ratios)
+    print(f"throughput ratio agent/no-agent:      median {statistics.median(r[0] for r in ratios):.3f} "
+          f"over {len(ratios)} pairs (target ≥ 0.97)")
+    print(f"p99 ratio agent/no-agent:             median {statistics.median(r[1] for r in ratios):.3f} (target ≤ 1.05)")
+    print(f"CPU per request ratio agent/no-agent: median {statistics.median(r[2] for r in ratios):.3f} "
+          f"(the server's own cost, steadier than throughput on a busy machine)")
 
+
+def run_pairs(scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path], pairs: int, boot: int,
+              ratios: list[tuple[float, float, float]]) -> None:
+    """Drive the two servers in turns; append each counted pair's ratios B/A: throughput, p99, CPU per request."""
+    for i in range(pairs + 1):
+        got = {agent: drive(scenario, servers[agent], dirs[agent])
+               for agent in ((False, True) if i % 2 == 0 else (True, False))}
+        a, b = got[False], got[True]
+        r = (b[0] / a[0], b[1] / a[1], b[2] / a[2])
+        print(f"boot {boot + 1} pair {i}: no agent {a[0]:7,.0f} req/s p99 {a[1]:6.2f} ms {a[2]:5.1f} µs CPU/req | "
+              f"agent {b[0]:7,.0f} req/s p99 {b[1]:6.2f} ms {b[2]:5.1f} µs CPU/req | ratios {r[0]:.3f} {r[1]:.3f} {r[2]:.3f}",
+              flush=True)
+        if i:
+            ratios.append(r)
 
 if __name__ == "__main__":
     main()

@@ -39,6 +39,20 @@ def test_stall_watchdog_names_the_blocking_call(tmp_path, env):
     assert (top["line"], top["function"]) == (line_of(ROOT / "sample_app" / "main.py", "time.sleep(0.05)"), "blocking")
     assert top["kind"] == "blocking-wait" and top["share"] > 0.9
     assert summary["agent"]["loop_lag_ms"]["p99_worst_second"] > 40
+    assert {r["watchdog"] for rows in rec.agents.values() for r in rows if r["type"] == "hello"} == {"sigalrm"}
+
+
+def test_stall_watchdog_leaves_an_apps_own_sigalrm_alone(tmp_path, env):
+    """The app installed a SIGALRM handler: the agent watches from its thread and never fires the app's handler."""
+    scenario = tmp_path / "alarm.toml"
+    scenario.write_text(f'[app]\ntarget = "alarm_app:app"\napp_dir = "{APPS}"\n[app.readiness]\npath = "/fast"\n'
+                        '[load]\nusers = 10\nduration = "3s"\n[[requests]]\npath = "/blocking"\n[[requests]]\npath = "/fast"\n')
+    summary, rec, _ = run(env, tmp_path, str(scenario))
+    assert {r["watchdog"] for rows in rec.agents.values() for r in rows if r["type"] == "hello"} == {"thread"}
+    top = summary["agent"]["stall_sites"][0]
+    assert (top["file"], top["line"]) == (str(APPS / "alarm_app.py"), line_of(APPS / "alarm_app.py", "time.sleep(0.05)"))
+    assert top["kind"] == "blocking-wait"
+    assert not (rec.path / "alarms.log").exists()  # the app's handler would have written it
 
 
 def test_pool_exhaustion_on_sqlite(tmp_path, env):

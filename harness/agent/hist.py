@@ -20,9 +20,9 @@ class Histogram:
         self.counts: Dict[int, int] = {}
         self.max_us = 0
 
-    def record(self, us: int) -> None:
+    def record(self, us: int, n: int = 1) -> None:
         b = bucket_of(us)
-        self.counts[b] = self.counts.get(b, 0) + 1
+        self.counts[b] = self.counts.get(b, 0) + n
         if us > self.max_us:
             self.max_us = us
 

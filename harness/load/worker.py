@@ -44,8 +44,15 @@ LATE_S = 0.010  # a send this much behind its schedule counts as late
 SWEEP_S = 0.1
 HIST_SIZE = 8192  # bucket index of the largest 64-bit microsecond value is below this
 FAST_BUCKETS = 1 << 16  # latencies below 65.5 ms find their bucket by one list index
-_canonical: dict[int, int] = {}
-BUCKET_OF = [_canonical.setdefault(b, b) for b in map(bucket_of, range(FAST_BUCKETS))]  # shared int objects: 0.5 MB
+
+
+def _bucket_table(n: int) -> list[int]:
+    """``bucket_of`` for 0 .. n-1, one shared int object per bucket (0.5 MB for 65,536 entries)."""
+    canonical: dict[int, int] = {}
+    return [canonical.setdefault(b, b) for b in map(bucket_of, range(n))]
+
+
+BUCKET_OF = _bucket_table(FAST_BUCKETS)
 
 
 class Second:
