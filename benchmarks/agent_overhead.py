@@ -11,9 +11,9 @@ on both sides of every pair alike. Only one server is loaded at a time. Both ser
 booted afresh --boots times, because one process can be a few percent faster than another
 of the same code for the whole of its life (memory layout, hash seeds). Prints every pair
 and the medians of the pairs' ratios B/A for throughput and p99. Each boot's first pair
-warms the servers up and is not counted. Also printed: the server's CPU time per request (all its
-threads), a steadier figure of what the agent costs than throughput when the machine is busy.
-Load goes to 127.0.0.1 only, bounded by --boots × --pairs × --seconds.
+warms the servers up and is not counted. Also printed: the server's CPU time per request (all
+its threads, the agent's included). Load goes to 127.0.0.1 only, bounded by
+--boots × --pairs × --seconds.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
           f"over {len(ratios)} pairs (target ≥ 0.97)")
     print(f"p99 ratio agent/no-agent:             median {statistics.median(r[1] for r in ratios):.3f} (target ≤ 1.05)")
     print(f"CPU per request ratio agent/no-agent: median {statistics.median(r[2] for r in ratios):.3f} "
-          f"(the server's own cost, steadier than throughput on a busy machine)")
+          f"(all the server's threads)")
 
 
 def run_pairs(scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path], pairs: int, boot: int,
