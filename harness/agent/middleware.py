@@ -28,14 +28,14 @@ class RouteStats:
         and lets a Counter fold the many identical (route, µs) pairs before any Python-level
         work, so its cost per request is a few C-level steps.
         """
-        routes: Dict[str, list] = {}
+        routes: Dict[str, list] = collections.defaultdict(lambda: [0, 0, hist.Histogram()])
         exceptions: Dict[str, Dict[str, int]] = {}
         for (route, us), n in collections.Counter(_take(self.done)).items():
-            entry = routes.get(route) or routes.setdefault(route, [0, 0, hist.Histogram()])
+            entry = routes[route]
             entry[0] += n
             entry[2].record(us, n)
         for route, us, exc in _take(self.raised):
-            entry = routes.get(route) or routes.setdefault(route, [0, 0, hist.Histogram()])
+            entry = routes[route]
             entry[0] += 1
             entry[1] += 1
             entry[2].record(us)
@@ -49,6 +49,7 @@ class RouteStats:
 
 
 def _take(items: list) -> list:
+    """The items now in a list that another thread appends to, removed from it without losing any."""
     n = len(items)
     taken = items[:n]
     del items[:n]
