@@ -50,7 +50,7 @@ def test_stall_watchdog_leaves_an_apps_own_sigalrm_alone(tmp_path, env):
     summary, rec, _ = run(env, tmp_path, str(scenario))
     assert {r["watchdog"] for rows in rec.agents.values() for r in rows if r["type"] == "hello"} == {"thread"}
     top = summary["agent"]["stall_sites"][0]
-    assert (top["file"], top["line"]) == (str(APPS / "alarm_app.py"), line_of(APPS / "alarm_app.py", "time.sleep(0.05)"))
+    assert (top["file"], top["line"]) == (str(APPS / "old_app.py"), line_of(APPS / "old_app.py", "time.sleep(0.05)"))
     assert top["kind"] == "blocking-wait"
     assert not (rec.path / "alarms.log").exists()  # the app's handler would have written it
 

@@ -43,7 +43,7 @@ class JtlPart:
 
     def flush(self, active: int) -> None:
         """Dump the buffered rows; ``active`` (the running threads) fills grpThreads and allThreads."""
-        if self.file.closed:
+        if self.file.closed or not self.rows:
             return
         self._dump((active, self.rows))
         self.rows.clear()

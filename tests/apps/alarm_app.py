@@ -1,10 +1,10 @@
-"""An app that owns SIGALRM (as timeout helpers built on signal.alarm do): the agent must leave it alone."""
+"""old_app, in a process where the app owns SIGALRM (as timeout helpers built on signal.alarm do):
+the agent must leave it alone."""
 
 import os
 import signal
-import time
 
-from fastapi import FastAPI
+from old_app import app  # noqa: F401  (/fast, and /blocking with the time.sleep the agent must name)
 
 
 def on_alarm(signum, frame):
@@ -13,16 +13,3 @@ def on_alarm(signum, frame):
 
 
 signal.signal(signal.SIGALRM, on_alarm)
-
-app = FastAPI()
-
-
-@app.get("/fast")
-async def fast():
-    return {"status": "ok"}
-
-
-@app.get("/blocking")
-async def blocking():
-    time.sleep(0.05)  # the line the agent must name
-    return {"status": "ok"}
