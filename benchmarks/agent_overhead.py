@@ -1,25 +1,29 @@
 """What the in-process agent costs: /fast on one worker, with and without the agent.
 
-    python benchmarks/agent_overhead.py [--boots 5] [--pairs 4] [--seconds 2] [--users 50]
+    python benchmarks/agent_overhead.py [--boots 5] [--rounds 4] [--seconds 3] [--users 50]
 
 Boots two copies of sample_app through the harness launcher, each one uvicorn worker
-(scenarios/fast.toml): A without the agent, B with it (no profiling). Then one harness
-driver process drives them in turns with the same closed load, A B, B A, A B ..., a short
-slice each, so that the machine's drift (its speed wanders by tens of percent over minutes
-on this shared 2-core machine, which buries a 3 % effect when whole runs take turns) weighs
-on both sides of every pair alike. Only one server is loaded at a time. Both servers are
-booted afresh --boots times, because one process can be a few percent faster than another
-of the same code for the whole of its life (memory layout, hash seeds). Prints every pair
-and the medians of the pairs' ratios B/A for throughput and p99. Each boot's first pair
-warms the servers up and is not counted. Also printed: the server's CPU time per request (all
-its threads, the agent's included). Load goes to 127.0.0.1 only, bounded by
---boots × --pairs × --seconds.
+(scenarios/fast.toml): A without the agent, B with it (no profiling). Both servers are
+pinned to the same core and driven *at the same time*, each by its own harness driver
+with the same closed load (the drivers run on the other core): the two workers split one
+core, so whatever the machine does (its speed wanders by tens of percent over seconds
+on this shared 2-core machine, which buries a 3 % effect when runs take turns) weighs on
+both alike, and the ratio of their throughputs is the ratio of their work per request,
+the agent's thread, heartbeat and signals included. The absolute figures are about half
+a solo worker's; the ratios are the measurement. Both servers are booted afresh --boots
+times, because one process can be a few percent faster than another of the same code for
+its whole life (memory layout, hash seeds); each boot's first round warms up and is not
+counted. Prints every round and the medians of the rounds' ratios B/A for throughput, p99
+and the server's CPU time per request. On a machine with one core the servers are not
+pinned. Load goes to 127.0.0.1 only, bounded by --boots × (--rounds + 1) × --seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -35,19 +39,25 @@ from harness.load.histogram import Histogram  # noqa: E402
 from harness.load.manager import DriverFleet, shard_plans  # noqa: E402
 
 
-def drive(scenario: Scenario, server: Server, log_dir: Path) -> tuple[float, float, float]:
-    """One slice of load: completed requests per second, p99 in ms, and the server's CPU µs per request."""
-    records: list[dict] = []
-    cpu_before = server_cpu(server)
-    with DriverFleet(shard_plans(scenario, HOST, server.port, time.time() + 0.3, 1), records.append, log_dir) as fleet:
-        while not fleet.finished():
+def drive_both(scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path]) -> dict[bool, tuple[float, float, float]]:
+    """One round: both servers loaded at once; per server, req/s, p99 (ms) and its CPU µs per request."""
+    records: dict[bool, list[dict]] = {agent: [] for agent in servers}
+    cpu_before = {agent: server_cpu(s) for agent, s in servers.items()}
+    t0 = time.time() + 0.5
+    with contextlib.ExitStack() as stack:
+        fleets = [stack.enter_context(DriverFleet(shard_plans(scenario, HOST, s.port, t0, 1), records[agent].append,
+                                                  dirs[agent])) for agent, s in servers.items()]
+        while not all(f.finished() for f in fleets):
             time.sleep(0.02)
-    cpu = server_cpu(server) - cpu_before
-    seconds = [r for r in records if r["type"] == "second"]
-    assert seconds and not fleet.failed(), f"the driver failed; see {log_dir}"
-    completed = sum(sum(r["outcomes"].values()) for r in seconds)
-    p99 = Histogram.merged(Histogram.from_json(r["hist"]) for r in seconds).percentile(0.99) / 1000
-    return completed / sum(r["span"] for r in seconds), p99, cpu / completed * 1e6
+        assert not any(f.failed() for f in fleets), f"a driver failed; see {dirs}"
+    out = {}
+    for agent, server in servers.items():
+        seconds = [r for r in records[agent] if r["type"] == "second"]
+        completed = sum(sum(r["outcomes"].values()) for r in seconds)
+        p99 = Histogram.merged(Histogram.from_json(r["hist"]) for r in seconds).percentile(0.99) / 1000
+        cpu = server_cpu(server) - cpu_before[agent]
+        out[agent] = (completed / sum(r["span"] for r in seconds), p99, cpu / completed * 1e6)
+    return out
 
 
 def server_cpu(server: Server) -> float:
@@ -55,17 +65,30 @@ def server_cpu(server: Server) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in server.tree())
 
 
+def pin(servers: dict[bool, Server], core: int) -> None:
+    """Every thread of both servers onto one core (threads started later inherit it)."""
+    for server in servers.values():
+        for proc in server.tree():
+            for thread in proc.threads():
+                os.sched_setaffinity(thread.id, {core})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--boots", type=int, default=5)
-    ap.add_argument("--pairs", type=int, default=4, help="counted pairs per boot")
-    ap.add_argument("--seconds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4, help="counted rounds per boot")
+    ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--users", type=int, default=50)
     args = ap.parse_args()
     scenario = load_scenario(ROOT / "scenarios" / "fast.toml", overrides={
         "load.users": args.users, "load.duration": f"{args.seconds}s"})
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1:
+        os.sched_setaffinity(0, set(cores[1:]))  # this process and the drivers it starts
+    print(f"/fast, 1 uvicorn worker each, {args.users} users each, {args.seconds} s rounds, both servers at once"
+          + (f" on core {cores[0]}, drivers on the other cores" if len(cores) > 1 else " (one core: not pinned)")
+          + "; round 0 of each boot warms up")
     ratios: list[tuple[float, float, float]] = []
-    print(f"/fast, 1 uvicorn worker each, {args.users} users, {args.seconds} s slices; pair 0 of each boot warms up")
     for boot in range(args.boots):
         with tempfile.TemporaryDirectory() as tmp:
             dirs = {agent: Path(tmp) / ("agent" if agent else "no-agent") for agent in (False, True)}
@@ -74,27 +97,23 @@ def main() -> None:
             with Server(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare, \
                     Server(scenario.app, dirs[True], scenario.agent) as with_agent:
                 servers = {False: bare, True: with_agent}
-                run_pairs(scenario, servers, dirs, args.pairs, boot, ratios)
+                if len(cores) > 1:
+                    pin(servers, cores[0])
+                for i in range(args.rounds + 1):
+                    got = drive_both(scenario, servers, dirs)
+                    a, b = got[False], got[True]
+                    r = (b[0] / a[0], b[1] / a[1], b[2] / a[2])
+                    print(f"boot {boot + 1} round {i}: no agent {a[0]:7,.0f} req/s p99 {a[1]:6.2f} ms {a[2]:5.1f} µs CPU/req"
+                          f" | agent {b[0]:7,.0f} req/s p99 {b[1]:6.2f} ms {b[2]:5.1f} µs CPU/req"
+                          f" | ratios {r[0]:.3f} {r[1]:.3f} {r[2]:.3f}", flush=True)
+                    if i:
+                        ratios.append(r)
     print(f"throughput ratio agent/no-agent:      median {statistics.median(r[0] for r in ratios):.3f} "
-          f"over {len(ratios)} pairs (target ≥ 0.97)")
+          f"over {len(ratios)} rounds (target ≥ 0.97)")
     print(f"p99 ratio agent/no-agent:             median {statistics.median(r[1] for r in ratios):.3f} (target ≤ 1.05)")
     print(f"CPU per request ratio agent/no-agent: median {statistics.median(r[2] for r in ratios):.3f} "
           f"(all the server's threads)")
 
-
-def run_pairs(scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path], pairs: int, boot: int,
-              ratios: list[tuple[float, float, float]]) -> None:
-    """Drive the two servers in turns; append each counted pair's ratios B/A: throughput, p99, CPU per request."""
-    for i in range(pairs + 1):
-        got = {agent: drive(scenario, servers[agent], dirs[agent])
-               for agent in ((False, True) if i % 2 == 0 else (True, False))}
-        a, b = got[False], got[True]
-        r = (b[0] / a[0], b[1] / a[1], b[2] / a[2])
-        print(f"boot {boot + 1} pair {i}: no agent {a[0]:7,.0f} req/s p99 {a[1]:6.2f} ms {a[2]:5.1f} µs CPU/req | "
-              f"agent {b[0]:7,.0f} req/s p99 {b[1]:6.2f} ms {b[2]:5.1f} µs CPU/req | ratios {r[0]:.3f} {r[1]:.3f} {r[2]:.3f}",
-              flush=True)
-        if i:
-            ratios.append(r)
 
 if __name__ == "__main__":
     main()

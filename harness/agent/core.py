@@ -1,9 +1,9 @@
-"""The agent's clockwork: a heartbeat on the loop, a CPU-time signal sampler, and helper threads.
+"""The agent's clockwork: a heartbeat on the loop, a CPU-time signal sampler, and one thread of its own.
 
 Only two tiny things run on the loop thread: the heartbeat (every 10 ms: read two clocks,
 append to a list) and the SIGPROF handler (about 50 times per CPU-second: read a clock,
 walk the stack). Building records, classifying stacks and writing happen on the agent's
-own threads.
+own thread.
 
 Why a signal and not only a thread: a long C call (pydantic-core, json's encoder, a
 regex) holds the GIL, so a sampling *thread* cannot run until it returns and then sees the
@@ -14,20 +14,26 @@ it, and weighs its sample by the loop thread's CPU time since the previous one.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from . import probes, stacks
+
+try:
+    from _signal import getsignal as _getsignal  # signal.getsignal wraps this in enums: ≈ 3 µs a call
+except ImportError:  # not CPython
+    _getsignal = signal.getsignal
 
 BEAT_S = 0.010
 TICK_S = 0.100
 POOL_SAMPLE_S = 0.050
-IDLE_S = 0.100  # the helper thread's wake-up period while it has nothing to watch
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Agent:
@@ -59,7 +65,7 @@ class Agent:
         self.lost = 0
         self.last_error = ""
         self.started = False
-        self.alarm = False  # the stall watchdog is SIGALRM (else the helper thread)
+        self.alarm = False  # the stall watchdog is SIGALRM (else the agent's thread)
 
     # ------------------------------------------------------------------ start
 
@@ -83,7 +89,7 @@ class Agent:
             signal.signal(signal.SIGPROF, self._on_sigprof)
             signal.setitimer(signal.ITIMER_PROF, self.hot_interval, self.hot_interval)
         # the watchdog is a one-shot real-time timer that every heartbeat pushes forward, unless
-        # the app has SIGALRM for itself; then it is the helper thread's job
+        # the app has SIGALRM for itself; then it is the agent thread's job
         self.alarm = on_main and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL and not any(
             signal.getitimer(signal.ITIMER_REAL))
         if self.alarm:
@@ -96,15 +102,14 @@ class Agent:
             "watchdog": "sigalrm" if self.alarm else "thread",
             "options": {k: v for k, v in self.options.items() if k != "target"},
         })
-        for name, target in (("watchdog", self._watch), ("writer", self._write_loop)):
-            threading.Thread(target=target, name=f"fastapi-harness-{name}", daemon=True).start()
+        threading.Thread(target=self._run, name="fastapi-harness-agent", daemon=True).start()
 
     def _beat(self) -> None:
         now = time.perf_counter()
         late = now - self.expected
         self.lags.append(late)
         if late >= self.stall_s:
-            # a stall just ended; the writer thread turns it into a record
+            # a stall just ended; the agent's thread turns it into a record
             samples, self.stall_samples = self.stall_samples, []
             self.ended_stalls.append((self.expected, now, time.thread_time() - self.last_cpu, samples))
         self.last_beat = now
@@ -112,10 +117,10 @@ class Agent:
         self.expected = now + BEAT_S
         self.loop.call_later(BEAT_S, self._beat)
         if self.alarm:
-            if signal.getsignal(signal.SIGALRM) == self._on_alarm:
+            if _getsignal(signal.SIGALRM) == self._on_alarm:
                 signal.setitimer(signal.ITIMER_REAL, BEAT_S + self.stall_s)  # fires only if the next beats are late
             else:
-                self.alarm = False  # the app took SIGALRM since: the helper thread watches from now on
+                self.alarm = False  # the app took SIGALRM since: the agent's thread watches from now on
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
         """The heartbeat is late: sample the loop's stack, again each time the lateness doubles.
@@ -141,16 +146,16 @@ class Agent:
 
     # ------------------------------------------------------------------ watchdog
 
-    def _watch(self) -> None:
-        """The agent's sampling thread: hotspot samples of the threadpool, and the stall
-        watchdog where SIGALRM is not ours.
+    def _watch(self) -> Iterator[float]:
+        """Hotspot samples of the threadpool, and the stall watchdog where SIGALRM is not ours:
+        one step per call of ``next``, which returns how long it may sleep before the next.
 
-        Every wake-up of a thread takes the GIL from a busy loop, and on a machine whose cores
-        are all busy the loop then idles until that thread is scheduled (in one A/B experiment,
-        removing a watchdog thread that woke 35 times a second took /fast from ≈ 0.89 to ≈ 1.0
-        of its throughput without the agent). So this thread wakes 10 times a second while
-        the threadpool is idle (and 20 while it is busy), and the watchdog is a timer signal
-        (``_on_alarm``) wherever it can be.
+        Every wake-up of the agent's thread takes the GIL from a busy loop, and on a machine
+        whose cores are all busy the loop then waits until that thread is scheduled (in one A/B
+        experiment, removing a watchdog thread that woke 35 times a second took /fast from
+        ≈ 0.89 to ≈ 1.0 of its throughput without the agent). So these steps ride the stream's
+        thread and its 10 wake-ups a second while the threadpool is idle (20 while it is busy),
+        and the watchdog is a timer signal (``_on_alarm``) wherever it can be.
 
         As the watchdog, while the heartbeat is late, it samples the loop thread's stack each
         time the lateness doubles; otherwise it sleeps until the moment the current heartbeat
@@ -159,19 +164,18 @@ class Agent:
         poll = min(0.005, self.stall_s / 4)
         next_sample = self.stall_s
         stalled_since = 0.0
-        wait = poll
         # the loop itself is sampled from here only where SIGPROF could not be used
         include_loop = bool(self.hot_interval) and signal.getitimer(signal.ITIMER_PROF)[0] == 0.0
         hot_every = (self.hot_interval if include_loop else max(self.hot_interval, POOL_SAMPLE_S)) if self.hot_interval else 0.0
         hot_due = time.perf_counter() + hot_every
-        while not self.stopped.wait(wait):
+        while True:
             now = time.perf_counter()
             pool_busy = False
             if hot_every and now >= hot_due:
                 pool_busy = self._sample_threads(include_loop, hot_every)
                 hot_due = now + hot_every
             if self.alarm:
-                wait = hot_every if pool_busy or include_loop else IDLE_S
+                yield hot_every if pool_busy or include_loop else TICK_S
                 continue
             expected = self.expected
             late = now - expected
@@ -189,6 +193,7 @@ class Agent:
                     next_sample = late * 2
             if hot_every:
                 wait = min(wait, max(hot_due - time.perf_counter(), poll))
+            yield wait
 
     def _stall_record(self, start: float, end: float, cpu: float, samples: list) -> Dict[str, Any]:
         duration = end - start
@@ -265,35 +270,57 @@ class Agent:
             rec.update(self.routes.drain())
         return rec
 
-    def _write_loop(self) -> None:
-        path = os.path.join(self.stream_dir, f"agent-{self.pid}.jsonl")
-        f = None
+    def _run(self) -> None:
+        """The agent's one thread: a record every TICK_S, the watchdog's steps in between.
+
+        A step that may sleep a whole tick or longer waits for the next tick instead, so an
+        idle threadpool costs no wake-up of its own.
+        """
+        watch = self._watch()
+        tick_due = watch_due = time.perf_counter()
+        fd = None
         while True:
-            stopping = self.stopped.wait(TICK_S)
-            self.emit(self._tick())
-            if self.profiler is not None:
-                self.profiler.poll()
-            try:
-                if f is None:
-                    f = open(path, "a")
-                if self.lost:
-                    f.write(json.dumps({"type": "gap", "lost": self.lost, "error": self.last_error}) + "\n")
-                    self.lost = 0
-                lines = []
-                while self.records:
-                    lines.append(json.dumps(self.records.popleft(), separators=(",", ":")) + "\n")
-                f.write("".join(lines))  # one write: every syscall costs a GIL hand-off
-                f.flush()
-            except (OSError, ValueError) as e:
-                # the app keeps serving; what could not be written is counted and reported later
-                if not self.last_error:
-                    print(f"fastapi-harness agent: cannot write {path}: {e}; the app keeps serving", file=sys.stderr)
-                self.last_error = f"{type(e).__name__}: {e}"
-                self.lost += len(self.records)
-                self.records.clear()
-                f = None
-            if stopping:
-                break
+            now = time.perf_counter()
+            if now >= tick_due:
+                fd = self._write(fd)
+                tick_due = now + TICK_S
+            if now >= watch_due:
+                wait = next(watch)
+                watch_due = now + wait if wait < TICK_S else tick_due
+            if self.stopped.wait(max(min(tick_due, watch_due) - time.perf_counter(), 0.0)):
+                self._write(fd)
+                return
+
+    def _write(self, fd: Optional[int]) -> Optional[int]:
+        """Append this tick's record and everything emitted since to the stream, in one write
+        (each syscall that gives the GIL back costs getting it back); returns the descriptor."""
+        self.emit(self._tick())
+        if self.profiler is not None:
+            self.profiler.poll()
+        batch = len(self.records)
+        path = os.path.join(self.stream_dir, f"agent-{self.pid}.jsonl")
+        try:
+            lines = [_dumps({"type": "gap", "lost": self.lost, "error": self.last_error}) + "\n"] if self.lost else []
+            while self.records:
+                lines.append(_dumps(self.records.popleft()) + "\n")
+            if fd is None:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            data = "".join(lines).encode()
+            while data:
+                data = data[os.write(fd, data):]
+            self.lost = 0
+        except (OSError, ValueError, TypeError) as e:
+            # the app keeps serving; what could not be written is counted and reported later
+            if not self.last_error:
+                print(f"fastapi-harness agent: cannot write {path}: {e}; the app keeps serving", file=sys.stderr)
+            self.last_error = f"{type(e).__name__}: {e}"
+            self.lost += batch
+            self.records.clear()
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            fd = None
+        return fd
 
     def stop(self) -> None:
         if self.started:

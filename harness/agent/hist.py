@@ -13,6 +13,11 @@ def bucket_of(us: int) -> int:
     return (shift << 7) + (us >> shift)
 
 
+_SHARED: Dict[int, int] = {}
+_TABLE = [_SHARED.setdefault(b, b) for b in map(bucket_of, range(1 << 14))]  # below 16.4 ms: one list index
+_FAST = len(_TABLE)
+
+
 class Histogram:
     __slots__ = ("counts", "max_us")
 
@@ -21,7 +26,7 @@ class Histogram:
         self.max_us = 0
 
     def record(self, us: int, n: int = 1) -> None:
-        b = bucket_of(us)
+        b = _TABLE[us] if 0 <= us < _FAST else bucket_of(us)
         self.counts[b] = self.counts.get(b, 0) + n
         if us > self.max_us:
             self.max_us = us

@@ -13,7 +13,7 @@ MAX_ROUTES = 200  # beyond this many distinct raw paths, the rest count as "othe
 
 
 class RouteStats:
-    """Per-request facts are appended by the loop thread and aggregated by the agent's writer thread."""
+    """Per-request facts are appended by the loop thread and aggregated by the agent's thread."""
 
     def __init__(self) -> None:
         self.inflight = 0
@@ -29,11 +29,11 @@ class RouteStats:
         work, so its cost per request is a few C-level steps.
         """
         routes: Dict[str, list] = collections.defaultdict(lambda: [0, 0, hist.Histogram()])
-        exceptions: Dict[str, Dict[str, int]] = {}
         for (route, us), n in collections.Counter(_take(self.done)).items():
             entry = routes[route]
             entry[0] += n
             entry[2].record(us, n)
+        exceptions: Dict[str, Dict[str, int]] = {}
         for route, us, exc in _take(self.raised):
             entry = routes[route]
             entry[0] += 1

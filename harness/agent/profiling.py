@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 CONTROL = "agent-control.json"
+CHECK_S = 1.0  # how often the control file is looked for: each look is a syscall, and a GIL hand-off
 YAPPI_TOP = 40
 
 
@@ -23,17 +24,22 @@ class ProfileControl:
         self.agent = agent
         self.control = os.path.join(agent.options.get("run_dir") or ".", CONTROL)
         self.done_id = 0
+        self.next_check = 0.0
         self.window: Optional[Dict[str, Any]] = None
         self.pyinstrument: Any = None
         self.session: Any = None
         self.ready = threading.Event()
 
     def poll(self) -> None:
-        """Called on every writer tick: start or finish a profile window."""
+        """Called on every tick of the agent's thread: start or finish a profile window."""
         if self.window is not None:
             if time.monotonic() >= self.window["end"]:
                 self._finish()
             return
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + CHECK_S
         try:
             with open(self.control) as f:
                 cmd = json.load(f)

@@ -8,11 +8,13 @@ from typing import Dict, List, Optional, Tuple
 
 Frame = Tuple[str, int, str]  # (file, line, function)
 
-_LIBRARY_ROOTS = tuple(
-    os.path.realpath(p) + os.sep
+# each root as configured and as resolved, so frames' file names match without resolving them
+_LIBRARY_ROOTS = tuple({
+    form + os.sep
     for p in {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     if p
-)
+    for form in (os.path.normpath(p), os.path.realpath(p))
+})
 _AGENT_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # innermost-first: the first frame that matches one of these decides the category
@@ -32,14 +34,13 @@ _library_cache: Dict[str, bool] = {}
 def is_library(path: str) -> bool:
     """True for the standard library, installed packages and the agent itself (cached per file).
 
-    Cached because resolving a path makes syscalls, and each syscall hands the GIL back to a
-    busy loop thread for up to a switch interval: uncached, a CPU-bound app starves the agent.
+    By name only: resolving a path (``os.path.realpath``) makes a syscall per component, and
+    each syscall hands the GIL back to a busy loop thread and waits to get it again.
     """
     known = _library_cache.get(path)
     if known is None:
-        real = os.path.realpath(path) if not path.startswith("<") else path
-        known = (path.startswith(("<", _AGENT_DIR)) or real.startswith(_LIBRARY_ROOTS)
-                 or "site-packages" in real or "dist-packages" in real)
+        known = (path.startswith(("<", _AGENT_DIR) + _LIBRARY_ROOTS)
+                 or "site-packages" in path or "dist-packages" in path)
         if len(_library_cache) < 10_000:
             _library_cache[path] = known
     return known
