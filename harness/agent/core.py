@@ -43,7 +43,8 @@ class Agent:
         self.stall_s = float(options.get("stall_ms", 25)) / 1000.0
         hz = float(options.get("hot_hz", 50) or 0)
         self.hot_interval = 1.0 / hz if hz > 0 else 0.0
-        self.stream_dir = options.get("stream_dir") or options.get("run_dir") or "."
+        stream_dir = options.get("stream_dir") or options.get("run_dir") or "."
+        self.stream_path = os.path.join(stream_dir, f"agent-{self.pid}.jsonl")
         self.loop: Any = None
         self.loop_tid = 0
         self.expected = 0.0  # when the next heartbeat is due (perf_counter)
@@ -150,12 +151,11 @@ class Agent:
         """Hotspot samples of the threadpool, and the stall watchdog where SIGALRM is not ours:
         one step per call of ``next``, which returns how long it may sleep before the next.
 
-        Every wake-up of the agent's thread takes the GIL from a busy loop, and on a machine
-        whose cores are all busy the loop then waits until that thread is scheduled (in one A/B
-        experiment, removing a watchdog thread that woke 35 times a second took /fast from
-        ≈ 0.89 to ≈ 1.0 of its throughput without the agent). So these steps ride the stream's
-        thread and its 10 wake-ups a second while the threadpool is idle (20 while it is busy),
-        and the watchdog is a timer signal (``_on_alarm``) wherever it can be.
+        Every wake-up of the agent's thread takes the GIL from a busy loop (with the loop
+        waiting until that thread is scheduled when every core is busy; the agent's thread costs
+        /fast ≈ 0.6 % of its throughput in benchmarks/agent_overhead.py). So these steps ride the
+        stream's thread and its 10 wake-ups a second while the threadpool is idle (20 while it
+        is busy), and the watchdog is a timer signal (``_on_alarm``) wherever it can be.
 
         As the watchdog, while the heartbeat is late, it samples the loop thread's stack each
         time the lateness doubles; otherwise it sleeps until the moment the current heartbeat
@@ -298,7 +298,7 @@ class Agent:
         if self.profiler is not None:
             self.profiler.poll()
         batch = len(self.records)
-        path = os.path.join(self.stream_dir, f"agent-{self.pid}.jsonl")
+        path = self.stream_path
         try:
             lines = [_dumps({"type": "gap", "lost": self.lost, "error": self.last_error}) + "\n"] if self.lost else []
             while self.records:
