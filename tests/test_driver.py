@@ -68,6 +68,14 @@ CLOSED = {"users": 2, "loops": 7, "timeout": "500ms"}
 OPEN = {"model": "open", "rate": 20, "duration": "700ms", "timeout": "500ms"}  # 14 arrivals
 
 
+@pytest.fixture(params=["c", "python"])
+def hot_path(request, monkeypatch) -> str:
+    """Each load runs through the C hot path and through its pure-Python twin."""
+    if request.param == "python":
+        monkeypatch.setenv("FASTAPI_HARNESS_PURE_PYTHON", "1")
+    return request.param
+
+
 def drive(port: int, tmp_path: Path, jtl: bool = False, load: dict[str, Any] = CLOSED) -> list[dict[str, Any]]:
     scenario = build_scenario({"load": load, "requests": [{"path": f"/{b}"} for b in BEHAVIOURS]})
     plans = shard_plans(scenario, "127.0.0.1", port, time.time() + 0.2, 1, jtl_dir=tmp_path if jtl else None)
@@ -81,10 +89,11 @@ def drive(port: int, tmp_path: Path, jtl: bool = False, load: dict[str, Any] = C
 
 
 @pytest.mark.parametrize("load", [CLOSED, OPEN], ids=["closed", "open"])
-def test_every_outcome_class_is_counted_where_it_belongs(server_port, tmp_path, load):
+def test_every_outcome_class_is_counted_where_it_belongs(server_port, tmp_path, load, hot_path):
     records = drive(server_port, tmp_path, load=load)
     done = [r for r in records if r["type"] == "done"]
     seconds = [r for r in records if r["type"] == "second"]
+    assert done[0]["hot_path"] == hot_path, "the C hot path is not built: pip install -e . with a C compiler at hand"
     assert len(done) == 1 and done[0]["outcomes"] == EXPECTED and done[0]["sent"] == 14
     per_second = Counter()
     for r in seconds:
@@ -105,8 +114,9 @@ def test_a_refused_connection_is_its_own_outcome(tmp_path):
     assert done[0]["outcomes"] == {"connect-refused": 14}
 
 
-def test_jtl_lines_carry_each_outcome(server_port, tmp_path):
-    drive(server_port, tmp_path, jtl=True)
+def test_jtl_lines_carry_each_outcome(server_port, tmp_path, hot_path):
+    done = [r for r in drive(server_port, tmp_path, jtl=True) if r["type"] == "done"]
+    assert done[0]["hot_path"] == hot_path
     parts = sorted(str(p) for p in tmp_path.glob("driver-*.jtl.part"))
     assert join_parts(parts, str(tmp_path / "results.jtl")) == 14
     with open(tmp_path / "results.jtl", newline="") as f:

@@ -10,12 +10,12 @@ Contract with the manager (``python -m harness.load.worker``):
   ``{"type": "error", "message": ...}`` when the shard could not run.
 
 The hot path is callbacks on an ``asyncio.Protocol`` with httptools parsing: no
-coroutine, future or timer per request, and one Python frame per response (the event loop
-hands received bytes straight to the parser; ``on_message_complete`` records the response
-and, in the common closed-model case, sends the user's next request itself). Latency is
-recorded into a log-linear histogram (see ``histogram.py``; ``bucket_of`` is a lookup table
-or inlined here). In the open model latency counts from the *scheduled* send time, so a slow
-server cannot hide queueing (no coordinated omission).
+coroutine, future or timer per request. The event loop hands received bytes straight to
+the parser, whose ``on_message_complete`` (``hotpath.ConnCore``, in C when built) records the
+response and, in the common closed-model case, sends the user's next request itself; the
+``done`` record says which hot path ran (``"hot_path": "c" | "python"``). In the open model
+latency counts from the *scheduled* send time, so a slow server cannot hide queueing (no
+coordinated omission).
 """
 
 from __future__ import annotations
@@ -34,114 +34,37 @@ from typing import Any
 
 import httptools
 
-from harness.load.histogram import bucket_of
+from harness.load.hotpath import ACCELERATED, OTHER, OUTCOMES, REFUSED, RESET, TIMEOUT, ConnCore, DriverCore, User
 from harness.load.jtl import JtlPart
 from harness.load.shapes import OpenShape
 
-OUTCOMES = ("ok", "4xx", "5xx", "timeout", "connect-refused", "connection-reset", "other")
-OK, C4XX, C5XX, TIMEOUT, REFUSED, RESET, OTHER = range(len(OUTCOMES))
 LATE_S = 0.010  # a send this much behind its schedule counts as late
 SWEEP_S = 0.1
-HIST_SIZE = 8192  # bucket index of the largest 64-bit microsecond value is below this
-FAST_BUCKETS = 1 << 16  # latencies below 65.5 ms find their bucket by one list index
-
-
-def _bucket_table(n: int) -> list[int]:
-    """``bucket_of`` for 0 .. n-1, one shared int object per bucket (0.5 MB for 65,536 entries)."""
-    canonical: dict[int, int] = {}
-    return [canonical.setdefault(b, b) for b in map(bucket_of, range(n))]
-
-
-BUCKET_OF = _bucket_table(FAST_BUCKETS)
 
 
 class Second:
-    """What one driver saw during one second."""
+    """What one driver saw during one second, besides the hot path's tallies (``DriverCore.take``)."""
 
-    __slots__ = ("sent", "hist", "max_us", "counts", "lag_max", "late", "dropped")
+    __slots__ = ("lag_max", "late", "dropped")
 
-    def __init__(self, n_requests: int):
-        self.sent = 0
-        self.hist = [0] * HIST_SIZE  # dense: indexing a list beats dict get/set in the hot path
-        self.max_us = 0
-        self.counts = [[0] * n_requests for _ in OUTCOMES]  # counts[outcome][request]
+    def __init__(self) -> None:
         self.lag_max = 0.0
         self.late = 0
         self.dropped = 0
 
-    def outcomes(self) -> list[int]:
-        return [sum(per_request) for per_request in self.counts]
 
-    def labels(self) -> list[list[int]]:
-        """Per request: [completed, failed]."""
-        return [[sum(col), sum(col) - col[OK]] for col in zip(*self.counts)]
+class Conn(ConnCore, asyncio.Protocol):
+    __slots__ = ("data_received",)
 
-
-class Conn(asyncio.Protocol):
-    __slots__ = ("d", "owner", "thread", "transport", "parser", "data_received", "busy", "closed", "t_start", "t_sent", "ri")
-
-    def __init__(self, driver: "Driver", owner: "User | None"):
-        self.d = driver
-        self.owner = owner
-        self.thread = owner.index if owner is not None else 0
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, driver: "Driver", owner: User | None):
+        super().__init__(driver, owner)
         self.parser = httptools.HttpResponseParser(self)
         # received bytes go straight to the C parser; a parse error reaches connection_lost
         self.data_received = self.parser.feed_data
-        self.busy = False
-        self.closed = False
-        self.t_start = 0.0
-        self.t_sent = 0.0
-        self.ri = 0
         driver.conns.append(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def on_message_complete(self) -> None:
-        # the hot path: record latency and outcome inline, then hand the connection on
-        if not self.busy:
-            return
-        now = perf_counter()
-        d = self.d
-        cur = d.cur
-        us = int((now - self.t_start) * 1e6)
-        if us < FAST_BUCKETS:
-            cur.hist[BUCKET_OF[us]] += 1
-        else:
-            shift = us.bit_length() - 8
-            cur.hist[(shift << 7) + (us >> shift)] += 1
-        if us > cur.max_us:
-            cur.max_us = us
-        status = self.parser.get_status_code()
-        kind = OK if status < 400 else C4XX if status < 500 else C5XX
-        cur.counts[kind][self.ri] += 1
-        if d.jtl_rows is not None:
-            d.jtl_rows.append((self.t_start, us, self.ri, status, self.thread))
-        if not self.parser.should_keep_alive():
-            self.closed = True
-            self.transport.close()  # type: ignore[union-attr]
-        owner = self.owner
-        if owner is not None and not d.dispatch_over:
-            owner.done += 1
-            if owner.done != d.loops and d.eager and not self.closed:
-                # the common case: the same user sends its next request on this connection at once
-                ri = d.next_request() if d.mixed else 0
-                cur.sent += 1
-                self.ri = ri
-                self.t_start = self.t_sent = now
-                try:
-                    self.transport.write(d.requests[ri])  # type: ignore[union-attr]
-                except RuntimeError:  # uvloop: the peer closed it and connection_lost is still queued
-                    d.fail(self, RESET)
-                return
-            self.busy = False
-            d.inflight -= 1
-            d.user_next(owner, now)
-        else:
-            self.busy = False
-            d.inflight -= 1
-            d.after(self, owner, now)
+        self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -150,17 +73,9 @@ class Conn(asyncio.Protocol):
             self.d.fail(self, OTHER if isinstance(exc, httptools.HttpParserError) else RESET)
 
 
-class User:
-    __slots__ = ("conn", "done", "index")
-
-    def __init__(self, index: int = 0) -> None:
-        self.conn: Conn | None = None
-        self.done = 0
-        self.index = index
-
-
-class Driver:
+class Driver(DriverCore):
     def __init__(self, plan: dict[str, Any], loop: asyncio.AbstractEventLoop, out: Any):
+        super().__init__(len(plan["requests"]))
         self.plan = plan
         self.loop = loop
         self.out = out
@@ -174,11 +89,9 @@ class Driver:
         self.loops = int(plan["loops"])
         self.think = float(plan["think_time_s"])
         self.eager = not self.think  # closed users send again as soon as a response completes
-        self.cur = Second(len(self.requests))
+        self.cur = Second()
         self.conns: list[Conn] = []
         self.open_conns = 0
-        self.inflight = 0
-        self.dispatch_over = False
         self.aborted = 0
         self.totals = [0] * len(OUTCOMES)
         self.sent_total = 0
@@ -193,7 +106,8 @@ class Driver:
         self.idle: list[Conn] = []
         self.jtl = JtlPart(plan["jtl"], [r["label"] for r in plan["requests"]], [r["url"] for r in plan["requests"]],
                            [len(b) for b in self.requests], self.index) if plan.get("jtl") else None
-        self.jtl_rows = self.jtl.rows if self.jtl is not None else None
+        if self.jtl is not None:
+            self.jtl_rows = self.jtl.rows
 
     # ---------------------------------------------------------------- sending
 
@@ -213,7 +127,7 @@ class Driver:
 
     def attempt(self, conn: Conn | None, owner: User | None, ri: int, t_start: float, now: float) -> None:
         """Send on ``conn`` when it is usable, else open a new connection first."""
-        self.cur.sent += 1
+        self.sent += 1
         self.inflight += 1
         if conn is not None and not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
             self.write(conn, ri, t_start, now)
@@ -249,7 +163,7 @@ class Driver:
 
     def count(self, kind: int, ri: int) -> None:
         self.inflight -= 1
-        self.cur.counts[kind][ri] += 1
+        self.tally(kind, ri)
 
     def fail(self, conn: Conn, kind: int) -> None:
         conn.busy = False
@@ -409,20 +323,21 @@ class Driver:
         self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
 
     def emit_second(self, span: float) -> None:
-        cur, self.cur = self.cur, Second(len(self.requests))
-        outcomes = cur.outcomes()
+        cur, self.cur = self.cur, Second()
+        sent, hist, max_us, counts = self.take()  # counts[outcome][request]
+        outcomes = [sum(per_request) for per_request in counts]
         now_w, now_c = perf_counter(), time.process_time()
         wall, cpu = now_w - self.cpu_mark[0], now_c - self.cpu_mark[1]
         self.cpu_mark = (now_w, now_c)
         for i, n in enumerate(outcomes):
             self.totals[i] += n
-        self.sent_total += cur.sent
+        self.sent_total += sent
         self.emit({
             "type": "second", "driver": self.index, "t": self.second, "span": round(span, 4),
-            "sent": cur.sent,
+            "sent": sent,
             "outcomes": {OUTCOMES[i]: n for i, n in enumerate(outcomes) if n},
-            "hist": {"b": [(b, n) for b, n in enumerate(cur.hist) if n], "max": cur.max_us},
-            "labels": cur.labels(),
+            "hist": {"b": hist, "max": max_us},
+            "labels": [[sum(col), sum(col) - col[0]] for col in zip(*counts)],  # per request: completed, failed
             "lag_max_ms": round(cur.lag_max * 1000, 3), "late": cur.late, "dropped": cur.dropped,
             "pending": len(self.pending), "conns": self.open_conns, "inflight": self.inflight,
             "users": self.users_active,
@@ -467,6 +382,7 @@ class Driver:
             self.jtl.close(0)
         self.emit({
             "type": "done", "driver": self.index, "sent": self.sent_total, "aborted": self.aborted,
+            "hot_path": "c" if ACCELERATED else "python",
             "outcomes": {OUTCOMES[i]: n for i, n in enumerate(self.totals) if n},
         })
 
