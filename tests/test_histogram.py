@@ -60,3 +60,13 @@ def _hist(values) -> Histogram:
     for v in values.tolist():
         h.record(int(v))
     return h
+
+
+def test_the_drivers_hot_paths_bucket_like_the_histogram():
+    from harness.load import _hotpath, hotpath
+
+    rng = np.random.default_rng(7)
+    values = [0, 1, 255, 256, 257, 65_535, 65_536, 2**40, 2**63 - 1, *rng.integers(0, 2**40, 5000).tolist()]
+    assert [_hotpath.bucket_of(v) for v in values] == [bucket_of(v) for v in values]
+    assert hotpath.BUCKET_OF == [bucket_of(v) for v in range(hotpath.FAST_BUCKETS)]
+    assert max(map(bucket_of, values)) < hotpath.HIST_SIZE

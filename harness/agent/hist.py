@@ -15,7 +15,7 @@ def bucket_of(us: int) -> int:
 
 def _bucket_table(n: int) -> List[int]:
     """``bucket_of`` for 0 .. n-1, one shared int object per bucket (the driver's table has a
-    twin in harness/load/worker.py; this package may import only the standard library)."""
+    twin in harness/load/hotpath.py; this package may import only the standard library)."""
     canonical: Dict[int, int] = {}
     return [canonical.setdefault(b, b) for b in map(bucket_of, range(n))]
 

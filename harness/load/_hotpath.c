@@ -456,6 +456,17 @@ static PyType_Spec ConnCore_spec = {
 
 /* ------------------------------------------------------------------ module */
 
+static PyObject *py_bucket_of(PyObject *m, PyObject *arg) {
+    long long us = PyLong_AsLongLong(arg);
+    if (us == -1 && PyErr_Occurred()) return NULL;
+    return PyLong_FromSsize_t(bucket_of(us));
+}
+
+static PyMethodDef module_methods[] = {
+    {"bucket_of", py_bucket_of, METH_O, "histogram.bucket_of as the hot path computes it (for tests)."},
+    {NULL},
+};
+
 static int add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **out) {
     PyObject *t = PyType_FromSpec(spec);
     if (!t) return -1;
@@ -490,7 +501,8 @@ static PyModuleDef_Slot module_slots[] = {{Py_mod_exec, exec_module}, {0, NULL}}
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "harness.load._hotpath",
-    "The driver's hot path in C (see harness/load/hotpath.py, its pure-Python twin).", 0, NULL, module_slots,
+    "The driver's hot path in C (see harness/load/hotpath.py, its pure-Python twin).", 0, module_methods,
+    module_slots,
 };
 
 PyMODINIT_FUNC PyInit__hotpath(void) { return PyModuleDef_Init(&module); }

@@ -3,7 +3,8 @@
 Values below 256 µs are exact; above, each power of two is split into 128 buckets,
 so a bucket's midpoint is within 0.4 % of any value in it. Memory depends on the
 range of values, never on how many were recorded. The driver's hot path uses a table of
-``bucket_of`` and, past the table, an inlined copy of it; keep the two in step.
+``bucket_of`` and, past the table, an inlined copy of it (``hotpath.py``), and a C copy
+(``_hotpath.c``); keep them in step.
 """
 
 from __future__ import annotations
