@@ -1,9 +1,10 @@
 """What the in-process agent costs: /fast on one worker, with and without the agent.
 
-    python benchmarks/agent_overhead.py [--boots 5] [--rounds 4] [--seconds 3] [--users 50]
+    python benchmarks/agent_overhead.py [--boots 5] [--rounds 4] [--seconds 3] [--users 50] [--aa]
 
 Boots two copies of sample_app through the harness launcher, each one uvicorn worker
-(scenarios/fast.toml): A without the agent, B with it (no profiling). Both servers are
+(scenarios/fast.toml): A without the agent, B with it (no profiling; ``--aa``: B without it
+too, an A/A check of the benchmark's own bias and spread). Both servers are
 pinned to the same core and driven *at the same time*, each by its own harness driver
 with the same closed load (the drivers run on the other core): the two workers split one
 core, so whatever the machine does (its speed wanders by tens of percent over seconds
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="counted rounds per boot")
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--users", type=int, default=50)
+    ap.add_argument("--aa", action="store_true", help="B without the agent too (an A/A check)")
     args = ap.parse_args()
     scenario = load_scenario(ROOT / "scenarios" / "fast.toml", overrides={
         "load.users": args.users, "load.duration": f"{args.seconds}s"})
@@ -87,7 +89,7 @@ def main() -> None:
         os.sched_setaffinity(0, set(cores[1:]))  # this process and the drivers it starts
     print(f"/fast, 1 uvicorn worker each, {args.users} users each, {args.seconds} s rounds, both servers at once"
           + (f" on core {cores[0]}, drivers on the other cores" if len(cores) > 1 else " (one core: not pinned)")
-          + "; round 0 of each boot warms up")
+          + ("; A/A: neither has the agent" if args.aa else "") + "; round 0 of each boot warms up")
     ratios: list[tuple[float, float, float]] = []
     for boot in range(args.boots):
         with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +97,7 @@ def main() -> None:
             for d in dirs.values():
                 d.mkdir()
             with Server(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare, \
-                    Server(scenario.app, dirs[True], scenario.agent) as with_agent:
+                    Server(dataclasses.replace(scenario.app, agent=not args.aa), dirs[True], scenario.agent) as with_agent:
                 servers = {False: bare, True: with_agent}
                 if len(cores) > 1:
                     pin(servers, cores[0])

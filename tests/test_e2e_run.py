@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.analysis import inside
 from harness.recording import Recording
 from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
 
@@ -67,6 +68,7 @@ def test_closed_model_sends_users_times_loops_exactly(tmp_path, env):
     assert rec.totals["drivers_done"] == 2
     assert rec.totals["sent"] == 91 and rec.totals["outcomes"] == {"ok": 91}
     assert json.loads((out / "summary.json").read_text())["requests"] == 91
+    assert inside.routes(rec)["GET /fast"]["n"] == 91  # the agent counted each one, the last tick's too
 
 
 def test_open_model_offers_the_planned_arrivals(tmp_path, env):

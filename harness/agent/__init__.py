@@ -20,8 +20,9 @@ agent's own thread at least 10 times a second:
     ``hot_*`` is the loop thread's CPU time by what it was running (SIGPROF samples weighted
     by CPU time); ``pool_*`` is the threadpool threads' busy wall time, sampled by a thread.
     A route's ``errors`` are requests that raised through the app (status codes are seen
-    by the driver, outside).
-    every 100 ms; counters are deltas over the interval, gauges are the current value.
+    by the driver, outside). ``routes`` and ``exceptions`` count the interval before the
+    previous one (the loop counts them; the agent's thread reads a tally a tick after
+    taking it away from the loop, see ``middleware.RouteStats``).
 ``{"type": "stall", "t_start", "duration_ms", "class", "site": {...}|null, "stack": [...],
   "cpu_share", "samples"}``
     one per event-loop stall longer than the threshold.

@@ -66,6 +66,7 @@ class Agent:
         self.lost = 0
         self.last_error = ""
         self.started = False
+        self.thread: Optional[threading.Thread] = None
         self.alarm = False  # the stall watchdog is SIGALRM (else the agent's thread)
 
     # ------------------------------------------------------------------ start
@@ -103,7 +104,8 @@ class Agent:
             "watchdog": "sigalrm" if self.alarm else "thread",
             "options": {k: v for k, v in self.options.items() if k != "target"},
         })
-        threading.Thread(target=self._run, name="fastapi-harness-agent", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, name="fastapi-harness-agent", daemon=True)
+        self.thread.start()
 
     def _beat(self) -> None:
         now = time.perf_counter()
@@ -253,7 +255,7 @@ class Agent:
     def emit(self, record: Dict[str, Any]) -> None:
         self.records.append(record)
 
-    def _tick(self) -> Dict[str, Any]:
+    def _tick(self, final: bool) -> Dict[str, Any]:
         while self.ended_stalls:
             self.emit(self._stall_record(*self.ended_stalls.popleft()))
         lags, self.lags = self.lags, []
@@ -267,7 +269,7 @@ class Agent:
             **self._classify_hot(),
         }
         if self.routes is not None:
-            rec.update(self.routes.drain())
+            rec.update(self.routes.drain(final))
         return rec
 
     def _run(self) -> None:
@@ -288,13 +290,13 @@ class Agent:
                 wait = next(watch)
                 watch_due = now + wait if wait < TICK_S else tick_due
             if self.stopped.wait(max(min(tick_due, watch_due) - time.perf_counter(), 0.0)):
-                self._write(fd)
+                self._write(fd, final=True)
                 return
 
-    def _write(self, fd: Optional[int]) -> Optional[int]:
+    def _write(self, fd: Optional[int], final: bool = False) -> Optional[int]:
         """Append this tick's record and everything emitted since to the stream, in one write
         (each syscall that gives the GIL back costs getting it back); returns the descriptor."""
-        self.emit(self._tick())
+        self.emit(self._tick(final))
         if self.profiler is not None:
             self.profiler.poll()
         batch = len(self.records)
@@ -332,6 +334,8 @@ class Agent:
                 except ValueError:
                     pass
         self.stopped.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(1.0)  # its last record (the last tick's requests) is written before exit
 
 
 def _is_pool_thread(name: str) -> bool:

@@ -20,8 +20,8 @@ def _bucket_table(n: int) -> List[int]:
     return [canonical.setdefault(b, b) for b in map(bucket_of, range(n))]
 
 
-_TABLE = _bucket_table(1 << 14)  # below 16.4 ms a bucket is one list index
-_FAST = len(_TABLE)
+TABLE = _bucket_table(1 << 14)  # below 16.4 ms a bucket is one list index: TABLE[us]
+FAST = len(TABLE)
 
 
 class Histogram:
@@ -32,7 +32,7 @@ class Histogram:
         self.max_us = 0
 
     def record(self, us: int, n: int = 1) -> None:
-        b = _TABLE[us] if 0 <= us < _FAST else bucket_of(us)
+        b = TABLE[us] if 0 <= us < FAST else bucket_of(us)
         self.counts[b] = self.counts.get(b, 0) + n
         if us > self.max_us:
             self.max_us = us

@@ -3,57 +3,78 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 from time import perf_counter
 from typing import Any, Dict, List, Tuple
 
-from . import hist
+from .hist import FAST, TABLE, bucket_of
 
 MAX_ROUTES = 200  # beyond this many distinct raw paths, the rest count as "other"
+MAX = -1  # the key of a route's slowest request (µs) among its bucket counts
+
+
+class Tally:
+    """One tick's requests, as the loop thread counts them."""
+
+    __slots__ = ("hists", "raised")
+
+    def __init__(self) -> None:
+        self.hists: Dict[str, Dict[int, int]] = {}  # route → {bucket: count, MAX: slowest µs}
+        self.raised: List[Tuple[str, str]] = []  # (route, exception type) per request that raised
+
+    def add(self, other: "Tally") -> None:
+        for route, counts in other.hists.items():
+            mine = self.hists.setdefault(route, {MAX: 0})
+            for b, n in counts.items():
+                mine[b] = max(mine[b], n) if b == MAX else mine.get(b, 0) + n
+        self.raised += other.raised
 
 
 class RouteStats:
-    """Per-request facts are appended by the loop thread and aggregated by the agent's thread."""
+    """Per-route counts and latency histograms: kept by the loop thread, read by the agent's.
+
+    The loop adds each request to its route's bucket counts (a dict update: no record per
+    request to keep, hand over and fold later). Once a tick the agent's thread swaps the tally
+    for a fresh one and reads the one it swapped out the tick *before*: the loop may be in
+    the middle of an update of the tally it has just lost, but not a tick later. So a tick's
+    record carries the requests of the tick before it, and the drain costs per bucket in use,
+    not per request (which also keeps its hold on the GIL, and the loop's wait, short).
+    """
 
     def __init__(self) -> None:
         self.inflight = 0
-        self.done: List[Tuple[str, int]] = []  # (route, µs) per request that returned
-        self.raised: List[Tuple[str, int, str]] = []  # (route, µs, exception type) per request that raised
+        self.tally = Tally()
+        self._settled = Tally()
 
-    def drain(self) -> Dict[str, Any]:
-        """Counters since the last drain, plus the in-flight gauge (called off the loop).
-
-        Runs while the loop keeps appending, and holds the GIL the loop needs: it takes each
-        list's items with a slice and a delete (single C operations, atomic under the GIL),
-        and lets a Counter fold the many identical (route, µs) pairs before any Python-level
-        work, so its cost per request is a few C-level steps.
-        """
-        routes: Dict[str, list] = collections.defaultdict(lambda: [0, 0, hist.Histogram()])
-        for (route, us), n in collections.Counter(_take(self.done)).items():
-            entry = routes[route]
-            entry[0] += n
-            entry[2].record(us, n)
+    def drain(self, final: bool = False) -> Dict[str, Any]:
+        """The requests of the tick before the last (see above), plus the in-flight gauge (now);
+        ``final``: of the last tick too (the worker has stopped serving)."""
+        done, self._settled, self.tally = self._settled, self.tally, Tally()
+        if final:
+            done.add(self._settled)
+            self._settled = Tally()
+        errors: Dict[str, int] = {}
         exceptions: Dict[str, Dict[str, int]] = {}
-        for route, us, exc in _take(self.raised):
-            entry = routes[route]
-            entry[0] += 1
-            entry[1] += 1
-            entry[2].record(us)
+        for route, exc in done.raised:
+            errors[route] = errors.get(route, 0) + 1
             by_type = exceptions.setdefault(route, {})
             by_type[exc] = by_type.get(exc, 0) + 1
-        return {
-            "inflight": self.inflight,
-            "routes": {r: {"n": n, "errors": e, "hist": h.to_json()} for r, (n, e, h) in routes.items()},
-            "exceptions": exceptions,
-        }
+        routes = {}
+        for route, counts in done.hists.items():
+            slowest = counts.pop(MAX)
+            routes[route] = {"n": sum(counts.values()), "errors": errors.get(route, 0),
+                             "hist": {"b": sorted(counts.items()), "max": slowest}}
+        return {"inflight": self.inflight, "routes": routes, "exceptions": exceptions}
 
 
-def _take(items: list) -> list:
-    """The items now in a list that another thread appends to, removed from it without losing any."""
-    n = len(items)
-    taken = items[:n]
-    del items[:n]
-    return taken
+def _count(hists: Dict[str, Dict[int, int]], route: str, us: int) -> None:
+    """Add one request of ``us`` microseconds to its route's bucket counts."""
+    counts = hists.get(route)
+    if counts is None:
+        counts = hists[route] = {MAX: 0}
+    b = TABLE[us] if us < FAST else bucket_of(us)
+    counts[b] = counts.get(b, 0) + 1
+    if us > counts[MAX]:
+        counts[MAX] = us
 
 
 class AgentMiddleware:
@@ -73,6 +94,8 @@ class AgentMiddleware:
                 self.agent.threadpool.attach()
                 self.ready = True
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                receive = self._stop_at_shutdown(receive)
             await self.app(scope, receive, send)
             return
         stats = self.stats
@@ -84,10 +107,30 @@ class AgentMiddleware:
             await self.app(scope, receive, send)
         except BaseException as e:
             stats.inflight -= 1
-            stats.raised.append((self.route_of(scope), int((perf_counter() - t) * 1e6), type(e).__name__))
+            tally = stats.tally
+            route = self.route_of(scope)
+            _count(tally.hists, route, int((perf_counter() - t) * 1e6))
+            tally.raised.append((route, type(e).__name__))
             raise
+        us = int((perf_counter() - t) * 1e6)
         stats.inflight -= 1
-        stats.done.append((self.route_of(scope), int((perf_counter() - t) * 1e6)))
+        _count(stats.tally.hists, self.route_of(scope), us)
+
+    def _stop_at_shutdown(self, receive: Any) -> Any:
+        """``receive`` for the lifespan scope, stopping the agent when the server shuts down.
+
+        By then every request has been answered, so the agent's last record counts them all;
+        and it may be the last chance: uvicorn (0.29 and later) ends a SIGTERM'd worker by
+        raising the signal again after shutdown, with its default action, so ``atexit``
+        handlers never run.
+        """
+        async def receive_and_watch() -> Any:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                self.agent.stop()
+            return message
+
+        return receive_and_watch
 
     def route_of(self, scope: Dict[str, Any]) -> str:
         """The route template when the router left one in the scope, else the raw path (bounded)."""
