@@ -48,7 +48,6 @@ class Agent:
         self.loop: Any = None
         self.loop_tid = 0
         self.expected = 0.0  # when the next heartbeat is due (perf_counter)
-        self.last_beat = 0.0
         self.last_cpu = 0.0  # the loop thread's CPU time at the last heartbeat
         self.lags: List[float] = []
         self.stall_samples: List[Tuple[float, List[stacks.Frame]]] = []  # (perf time, stack) while late
@@ -82,7 +81,6 @@ class Agent:
         self.gc.install()
         now = time.perf_counter()
         self.expected = now + BEAT_S
-        self.last_beat = now
         self.last_cpu = self.last_sig_cpu = time.thread_time()
         loop.call_later(BEAT_S, self._beat)
         on_main = threading.current_thread() is threading.main_thread()
@@ -115,7 +113,6 @@ class Agent:
             # a stall just ended; the agent's thread turns it into a record
             samples, self.stall_samples = self.stall_samples, []
             self.ended_stalls.append((self.expected, now, time.thread_time() - self.last_cpu, samples))
-        self.last_beat = now
         self.last_cpu = time.thread_time()
         self.expected = now + BEAT_S
         self.loop.call_later(BEAT_S, self._beat)

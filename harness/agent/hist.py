@@ -31,9 +31,9 @@ class Histogram:
         self.counts: Dict[int, int] = {}
         self.max_us = 0
 
-    def record(self, us: int, n: int = 1) -> None:
+    def record(self, us: int) -> None:
         b = TABLE[us] if 0 <= us < FAST else bucket_of(us)
-        self.counts[b] = self.counts.get(b, 0) + n
+        self.counts[b] = self.counts.get(b, 0) + 1
         if us > self.max_us:
             self.max_us = us
 

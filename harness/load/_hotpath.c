@@ -290,13 +290,10 @@ static void ConnCore_dealloc(ConnCore *self) {
     Py_DECREF(tp);
 }
 
-static PyObject *call_driver(ConnCore *self, PyObject *name, PyObject *a, PyObject *b, double now) {
-    PyObject *t = PyFloat_FromDouble(now);
-    if (!t) return NULL;
-    PyObject *args[] = {self->d, a, b, t};
-    PyObject *r = PyObject_VectorcallMethod(name, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    Py_DECREF(t);
-    return r;
+/* self.d.<name>(a, b[, c]): the Python driver takes every case but the common one */
+static PyObject *call_driver(ConnCore *self, PyObject *name, PyObject *a, PyObject *b, PyObject *c) {
+    PyObject *args[] = {self->d, a, b, c};
+    return PyObject_VectorcallMethod(name, args, (c ? 4 : 3) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
 static PyObject *ConnCore_on_message_complete(ConnCore *self, PyObject *unused) {
@@ -337,7 +334,8 @@ static PyObject *ConnCore_on_message_complete(ConnCore *self, PyObject *unused) 
     }
 
     PyObject *owner = self->owner;
-    if (owner != Py_None && !d->dispatch_over) {
+    int user_goes_on = owner != Py_None && !d->dispatch_over;
+    if (user_goes_on) {
         User *user = (User *)owner;
         user->done++;
         if (user->done != d->loops && d->eager && !self->closed) {
@@ -364,25 +362,20 @@ static PyObject *ConnCore_on_message_complete(ConnCore *self, PyObject *unused) 
             PyErr_Clear();
             PyObject *kind_reset = PyLong_FromLong(RESET);
             if (!kind_reset) return NULL;
-            PyObject *args[] = {self->d, (PyObject *)self, kind_reset};
-            r = PyObject_VectorcallMethod(s_fail, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            r = call_driver(self, s_fail, (PyObject *)self, kind_reset, NULL);
             Py_DECREF(kind_reset);
             if (!r) return NULL;
             Py_DECREF(r);
             Py_RETURN_NONE;
         }
-        self->busy = 0;
-        d->inflight--;
-        PyObject *t = PyFloat_FromDouble(now);
-        if (!t) return NULL;
-        PyObject *args[] = {self->d, owner, t};
-        r = PyObject_VectorcallMethod(s_user_next, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-        Py_DECREF(t);
-    } else {
-        self->busy = 0;
-        d->inflight--;
-        r = call_driver(self, s_after, (PyObject *)self, owner, now);
     }
+    self->busy = 0;
+    d->inflight--;
+    PyObject *t = PyFloat_FromDouble(now);
+    if (!t) return NULL;
+    r = user_goes_on ? call_driver(self, s_user_next, owner, t, NULL)
+                     : call_driver(self, s_after, (PyObject *)self, owner, t);
+    Py_DECREF(t);
     if (!r) return NULL;
     Py_DECREF(r);
     Py_RETURN_NONE;

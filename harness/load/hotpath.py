@@ -116,7 +116,8 @@ class ConnCore:
             self.closed = True
             self.transport.close()
         owner = self.owner
-        if owner is not None and not d.dispatch_over:
+        user_goes_on = owner is not None and not d.dispatch_over
+        if user_goes_on:
             owner.done += 1
             if owner.done != d.loops and d.eager and not self.closed:
                 # the common case: the same user sends its next request on this connection at once
@@ -129,12 +130,11 @@ class ConnCore:
                 except RuntimeError:  # uvloop: the peer closed it and connection_lost is still queued
                     d.fail(self, RESET)
                 return
-            self.busy = False
-            d.inflight -= 1
+        self.busy = False
+        d.inflight -= 1
+        if user_goes_on:
             d.user_next(owner, now)
         else:
-            self.busy = False
-            d.inflight -= 1
             d.after(self, owner, now)
 
 

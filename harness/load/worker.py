@@ -34,7 +34,7 @@ from typing import Any
 
 import httptools
 
-from harness.load.hotpath import ACCELERATED, OTHER, OUTCOMES, REFUSED, RESET, TIMEOUT, ConnCore, DriverCore, User
+from harness.load.hotpath import ACCELERATED, OK, OTHER, OUTCOMES, REFUSED, RESET, TIMEOUT, ConnCore, DriverCore, User
 from harness.load.jtl import JtlPart
 from harness.load.shapes import OpenShape
 
@@ -337,7 +337,7 @@ class Driver(DriverCore):
             "sent": sent,
             "outcomes": {OUTCOMES[i]: n for i, n in enumerate(outcomes) if n},
             "hist": {"b": hist, "max": max_us},
-            "labels": [[sum(col), sum(col) - col[0]] for col in zip(*counts)],  # per request: completed, failed
+            "labels": [[sum(col), sum(col) - col[OK]] for col in zip(*counts)],  # per request: completed, failed
             "lag_max_ms": round(cur.lag_max * 1000, 3), "late": cur.late, "dropped": cur.dropped,
             "pending": len(self.pending), "conns": self.open_conns, "inflight": self.inflight,
             "users": self.users_active,
