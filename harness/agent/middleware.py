@@ -66,17 +66,6 @@ class RouteStats:
         return {"inflight": self.inflight, "routes": routes, "exceptions": exceptions}
 
 
-def _count(hists: Dict[str, Dict[int, int]], route: str, us: int) -> None:
-    """Add one request of ``us`` microseconds to its route's bucket counts."""
-    counts = hists.get(route)
-    if counts is None:
-        counts = hists[route] = {MAX: 0}
-    b = TABLE[us] if us < FAST else bucket_of(us)
-    counts[b] = counts.get(b, 0) + 1
-    if us > counts[MAX]:
-        counts[MAX] = us
-
-
 class AgentMiddleware:
     def __init__(self, app: Any, agent: Any) -> None:
         self.app = app
@@ -103,18 +92,28 @@ class AgentMiddleware:
         # `send` is passed through untouched: wrapping it costs a coroutine per message on every
         # request; the driver sees status codes from outside, the agent sees exceptions from inside
         t = perf_counter()
+        raised = None
         try:
             await self.app(scope, receive, send)
         except BaseException as e:
+            raised = e
+            raise
+        finally:
+            # counted once for both outcomes, inline: this runs on the loop for every request
+            us = int((perf_counter() - t) * 1e6)
             stats.inflight -= 1
             tally = stats.tally
             route = self.route_of(scope)
-            _count(tally.hists, route, int((perf_counter() - t) * 1e6))
-            tally.raised.append((route, type(e).__name__))
-            raise
-        us = int((perf_counter() - t) * 1e6)
-        stats.inflight -= 1
-        _count(stats.tally.hists, self.route_of(scope), us)
+            counts = tally.hists.get(route)
+            if counts is None:
+                counts = tally.hists[route] = {MAX: 0}
+            b = TABLE[us] if us < FAST else bucket_of(us)
+            counts[b] = counts.get(b, 0) + 1
+            if us > counts[MAX]:
+                counts[MAX] = us
+            if raised is not None:
+                tally.raised.append((route, type(raised).__name__))
+                raised = None  # the exception's traceback holds this frame
 
     def _stop_at_shutdown(self, receive: Any) -> Any:
         """``receive`` for the lifespan scope, stopping the agent when the server shuts down.
