@@ -51,43 +51,49 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         level = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
     baseline = 0.0
     slo = scenario.slo
-    knee_level = None
+    hold = stepped = level
+    # the hold's load outlasts the profile window by a second
+    hold_len = opts.hold_s + 1 if session.agent_on and opts.hold_s > 0 else 0.0
+    deadline = opts.max_time_s - 1.0  # drivers stopped then abort what is in flight a second later
     for index in range(1, 100):
-        if session.now() + opts.step_s + opts.hold_s > opts.max_time_s:
+        if session.now() + opts.step_s + hold_len > opts.max_time_s:
             say(f"stopping: the next step would pass --max-time {opts.max_time_s:.0f}s")
             break
         start = session.next_start()
         step = (_with_load(scenario, model="closed", users=int(level), duration_s=opts.step_s) if opts.closed else
                 _with_load(scenario, model="open", rate=level, duration_s=opts.step_s))
-        records = session.drive(step, start)
+        records = session.drive(step, start, deadline=deadline)
         offered, users_ = (None, int(level)) if opts.closed else (round(level, 2), None)
         session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_)
         stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_,
                                    Recording(run={}, driver_records=tuple(records)).seconds)
         if stage is None:
             break
+        # the hold profiles at the last level stepped (not at one never tried), offering no more than
+        # it served: a rate the server cannot follow would only queue, and time out, all window long
+        stepped = level
+        hold = level if opts.closed else min(level, max(1.0, stage.achieved_rps))
         tail = stage.p99_ms if stage.requests >= MIN_REQUESTS_FOR_P99 else stage.p90_ms
         baseline = baseline or tail or 1.0
         why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
         say(f"step {index}: {_level(level, opts.closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 {stage.p99_ms:,.1f} ms, "
             f"errors {stage.error_rate:.1%}" + (f"  ← knee: {why}" if why else ""))
         if why:
-            knee_level = level
             break
         nxt = level * opts.factor
         if (opts.closed and nxt > opts.max_users) or (not opts.closed and nxt > opts.max_rate):
             say(f"stopping: the next step would pass --max-{'users' if opts.closed else 'rate'}")
             break
         level = nxt
-    hold = knee_level or level
-    if session.agent_on and opts.hold_s > 0:
+    if hold_len:
         start = session.next_start()
-        say(f"holding at {_level(hold, opts.closed)} for {opts.hold_s:.0f} s to profile the workers")
+        served = f" (what the last step served; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
+        say(f"holding at {_level(hold, opts.closed)}{served} for {opts.hold_s:.0f} s to profile the workers")
         session.request_profile(opts.hold_s)
-        hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=opts.hold_s + 1) if opts.closed else
-                     _with_load(scenario, model="open", rate=hold, duration_s=opts.hold_s + 1))
-        session.drive(hold_load, start)
-        session.event("stage", phase="hold", t_start=start, t_end=start + opts.hold_s + 1,
+        hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=hold_len) if opts.closed else
+                     _with_load(scenario, model="open", rate=hold, duration_s=hold_len))
+        session.drive(hold_load, start, deadline=deadline)
+        session.event("stage", phase="hold", t_start=start, t_end=start + hold_len,
                       offered_rps=None if opts.closed else round(hold, 2), users=int(hold) if opts.closed else None)
 
 

@@ -366,8 +366,13 @@ class Session:
     def event(self, kind: str, **fields: Any) -> None:
         self.writer.append("events.jsonl", {"t": round(self.now(), 3) if self.t0 else None, "kind": kind, **fields})
 
-    def drive(self, scenario: Scenario, start_s: float, profile_at: float = 0.0) -> list[dict[str, Any]]:
-        """Run one fleet for ``scenario``'s load from ``start_s``; return its driver records."""
+    def drive(self, scenario: Scenario, start_s: float, profile_at: float = 0.0,
+              deadline: float | None = None) -> list[dict[str, Any]]:
+        """Run one fleet for ``scenario``'s load from ``start_s``; return its driver records.
+
+        ``deadline`` (seconds since t0): the drivers are stopped then, however much is still
+        queued or in flight (they abort what is left a second later).
+        """
         records: list[dict[str, Any]] = []
 
         def on_record(r: dict[str, Any]) -> None:
@@ -384,6 +389,9 @@ class Session:
                 if profile_at and self.agent_on and self.now() >= profile_at:
                     self.request_profile(self.scenario.agent.profile_for_s)
                     profile_at = 0.0
+                if deadline is not None and self.now() >= deadline:
+                    fleet.stop()
+                    deadline = None
                 self.check_target()
                 check_driver(fleet)
                 rps, p99 = self.live.latest()
