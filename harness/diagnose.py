@@ -70,9 +70,10 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         if stage is None:
             break
         # the hold profiles at the last level stepped (not at one never tried), offering no more than
-        # it served: a rate the server cannot follow would only queue, and time out, all window long
+        # the server answered: a rate it cannot keep up with would only queue, and time out, all
+        # window long (one it answers with errors, fast, is profiled as it was)
         stepped = level
-        hold = level if opts.closed else min(level, max(1.0, stage.achieved_rps))
+        hold = level if opts.closed else min(level, max(1.0, stage.answered_rps))
         tail = stage.p99_ms if stage.requests >= MIN_REQUESTS_FOR_P99 else stage.p90_ms
         baseline = baseline or tail or 1.0
         why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
@@ -87,7 +88,7 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         level = nxt
     if hold_len:
         start = session.next_start()
-        served = f" (what the last step served; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
+        served = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
         say(f"holding at {_level(hold, opts.closed)}{served} for {opts.hold_s:.0f} s to profile the workers")
         session.request_profile(opts.hold_s)
         hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=hold_len) if opts.closed else

@@ -118,7 +118,8 @@ def test_summary_carries_the_verdict():
 
 def _stage(i: int, offered: float, achieved: float, p99: float, requests: int = 1000, errors: int = 0) -> Stage:
     return Stage(index=i, t_start=i * 4.0, t_end=i * 4.0 + 4, offered_rps=offered, users=None, sent_rps=offered,
-                 achieved_rps=achieved, requests=requests, errors=errors, p50_ms=p99 / 2, p90_ms=p99 * 0.8,
+                 achieved_rps=achieved, answered_rps=achieved * requests / max(1, requests - errors),
+                 requests=requests, errors=errors, p50_ms=p99 / 2, p90_ms=p99 * 0.8,
                  p99_ms=p99, concurrency=achieved * p99 / 2000, worker_cpu=0.5, loop_lag_p99_ms=1.0)
 
 

@@ -29,6 +29,7 @@ class Stage:
     users: int | None  # closed model: the virtual users
     sent_rps: float
     achieved_rps: float  # ok responses per second
+    answered_rps: float  # responses of any outcome per second
     requests: int
     errors: int
     p50_ms: float
@@ -178,6 +179,7 @@ def stage_from_seconds(index: int, lo: float, hi: float, offered: float | None, 
         index=index, t_start=lo, t_end=hi, offered_rps=offered, users=users,
         sent_rps=sum(s.sent for s in secs) / span,
         achieved_rps=sum(s.outcomes.get("ok", 0) for s in secs) / span,
+        answered_rps=sum(s.completed for s in secs) / span,
         requests=sum(s.completed for s in secs), errors=sum(s.errors for s in secs),
         p50_ms=hist.percentile(0.5) / 1000, p90_ms=hist.percentile(0.9) / 1000, p99_ms=hist.percentile(0.99) / 1000,
         concurrency=sum(s.inflight for s in secs) / len(secs),
