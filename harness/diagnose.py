@@ -88,8 +88,8 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         level = nxt
     if hold_len:
         start = session.next_start()
-        served = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
-        say(f"holding at {_level(hold, opts.closed)}{served} for {opts.hold_s:.0f} s to profile the workers")
+        outran = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
+        say(f"holding at {_level(hold, opts.closed)}{outran} for {opts.hold_s:.0f} s to profile the workers")
         session.request_profile(opts.hold_s)
         hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=hold_len) if opts.closed else
                      _with_load(scenario, model="open", rate=hold, duration_s=hold_len))

@@ -173,14 +173,15 @@ def stage_from_seconds(index: int, lo: float, hi: float, offered: float | None, 
     if not secs:
         return None
     span = sum(s.span for s in secs) or 1.0
+    completed = sum(s.completed for s in secs)
     hist = Histogram.merged(s.hist for s in secs)
     ts = [s.t for s in secs]
     return Stage(
         index=index, t_start=lo, t_end=hi, offered_rps=offered, users=users,
         sent_rps=sum(s.sent for s in secs) / span,
         achieved_rps=sum(s.outcomes.get("ok", 0) for s in secs) / span,
-        answered_rps=sum(s.completed for s in secs) / span,
-        requests=sum(s.completed for s in secs), errors=sum(s.errors for s in secs),
+        answered_rps=completed / span,
+        requests=completed, errors=sum(s.errors for s in secs),
         p50_ms=hist.percentile(0.5) / 1000, p90_ms=hist.percentile(0.9) / 1000, p99_ms=hist.percentile(0.99) / 1000,
         concurrency=sum(s.inflight for s in secs) / len(secs),
         worker_cpu=_mean([tl.worker_cpu[t] for t in ts if t in tl.worker_cpu]) if tl else 0.0,
