@@ -2,8 +2,8 @@
 
 Only two tiny things run on the loop thread: the heartbeat (every 10 ms: read two clocks,
 append to a list) and the SIGPROF handler (about 50 times per CPU-second: read a clock,
-walk the stack). Building records, classifying stacks and writing happen on the agent's
-own thread.
+take the stack's code objects and offsets). Resolving and classifying stacks, building
+records and writing happen on the agent's own thread.
 
 Why a signal and not only a thread: a long C call (pydantic-core, json's encoder, a
 regex) holds the GIL, so a sampling *thread* cannot run until it returns and then sees the
@@ -50,7 +50,8 @@ class Agent:
         self.expected = 0.0  # when the next heartbeat is due (perf_counter)
         self.last_cpu = 0.0  # the loop thread's CPU time at the last heartbeat
         self.lags: List[float] = []
-        self.stall_samples: List[Tuple[float, List[stacks.Frame]]] = []  # (perf time, stack) while late
+        # stacks as taken (stacks.grab), resolved into frames on the agent's thread
+        self.stall_samples: List[Tuple[float, list]] = []  # (perf time, stack) while late
         self.ended_stalls: "collections.deque[Tuple[float, float, float, list]]" = collections.deque()
         self.raw_hot: "collections.deque[Tuple[float, list, bool]]" = collections.deque(maxlen=5000)
         self.last_sig_cpu = 0.0
@@ -131,14 +132,14 @@ class Agent:
         """
         late = time.perf_counter() - self.expected
         if late >= self.stall_s:
-            self.stall_samples.append((time.perf_counter(), stacks.walk(frame)))
+            self.stall_samples.append((time.perf_counter(), stacks.grab(frame)))
         signal.setitimer(signal.ITIMER_REAL, max(late, self.stall_s - late, 0.001))
 
     def _on_sigprof(self, signum: int, frame: Any) -> None:
-        # runs on the loop (main) thread, between bytecodes: keep it to a clock read and a stack walk
+        # runs on the loop (main) thread, between bytecodes: keep it to a clock read and a stack grab
         cpu = time.thread_time()
         weight, self.last_sig_cpu = cpu - self.last_sig_cpu, cpu
-        stack = stacks.walk(frame)
+        stack = stacks.grab(frame)
         now = time.perf_counter()
         if now - self.expected >= self.stall_s:
             self.stall_samples.append((now, stack))
@@ -188,7 +189,7 @@ class Agent:
                 if late >= next_sample:
                     frame = sys._current_frames().get(self.loop_tid)
                     if frame is not None:
-                        self.stall_samples.append((time.perf_counter(), stacks.walk(frame)))
+                        self.stall_samples.append((time.perf_counter(), stacks.grab(frame)))
                     next_sample = late * 2
             if hot_every:
                 wait = min(wait, max(hot_due - time.perf_counter(), poll))
@@ -196,10 +197,11 @@ class Agent:
 
     def _stall_record(self, start: float, end: float, cpu: float, samples: list) -> Dict[str, Any]:
         duration = end - start
-        sites = [stacks.app_site(stack) for _, stack in samples]
+        taken = [stacks.resolve(raw) for _, raw in samples]
+        sites = [stacks.app_site(stack) for stack in taken]
         counted = collections.Counter(s for s in sites if s)
         site = counted.most_common(1)[0][0] if counted else None
-        stack = next((st for (_, st), s in zip(samples, sites) if s == site), samples[0][1] if samples else [])
+        stack = next((st for st, s in zip(taken, sites) if s == site), taken[0] if taken else [])
         cpu_share = cpu / duration if duration > 0 else 0.0
         if cpu_share >= 0.5:
             kind = "app-code" if site else "cpu-other"  # running on the loop: app code, or library/framework code
@@ -228,17 +230,18 @@ class Agent:
         for tid, frame in sys._current_frames().items():
             if tid == me or not (tid in pool_threads or (include_loop and tid == self.loop_tid)):
                 continue
-            stack = stacks.walk(frame)
-            if tid != self.loop_tid and _waiting_for_work(stack):
+            raw = stacks.grab(frame)
+            if tid != self.loop_tid and _waiting_for_work(stacks.resolve(raw)):
                 continue
-            self.raw_hot.append((weight, stack, tid == self.loop_tid))
+            self.raw_hot.append((weight, raw, tid == self.loop_tid))
         return True
 
     def _classify_hot(self) -> Dict[str, Dict[str, float]]:
         """Drain raw samples: ms by category and by category|frame, for the loop and the pool threads apart."""
         out: Dict[str, Dict[str, float]] = {k: collections.Counter() for k in ("hot_ms", "hot_frames_ms", "pool_ms", "pool_frames_ms")}
         while self.raw_hot:
-            weight, stack, on_loop = self.raw_hot.popleft()
+            weight, raw, on_loop = self.raw_hot.popleft()
+            stack = stacks.resolve(raw)
             cat = stacks.category(stack)
             ms = weight * 1000.0
             cats, frames = (out["hot_ms"], out["hot_frames_ms"]) if on_loop else (out["pool_ms"], out["pool_frames_ms"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dis
 import os
 import sysconfig
 from typing import Dict, List, Optional, Tuple
@@ -46,19 +47,75 @@ def is_library(path: str) -> bool:
     return known
 
 
-def walk(frame) -> List[Frame]:  # type: ignore[no-untyped-def]
-    """The stack from the innermost frame outwards, without the agent's own frames.
+MAX_DEPTH = 128
 
-    The agent's frames (its GC callback, its middleware) sit on top of whatever the app was
-    doing; dropping them attributes the sample to the app's frame below.
+
+def grab(frame) -> list:  # type: ignore[no-untyped-def]
+    """The stack from the innermost frame outwards as it is taken in a signal handler, on the
+    loop: code object and last instruction of each frame, flat (``resolve`` makes frames of it).
+
+    A SIGPROF sample runs cold, between two requests' worth of the app's own code: reading
+    line tables, file names and building a tuple per frame there cost ≈ 3× this (and evicted
+    the app's code from the caches); the agent's thread does it later, once per distinct
+    frame position.
     """
-    out: List[Frame] = []
-    while frame is not None and len(out) < 128:
-        code = frame.f_code
-        if not code.co_filename.startswith(_AGENT_DIR):
-            out.append((code.co_filename, frame.f_lineno or 0, code.co_name))
+    out: list = []
+    append = out.append
+    for _ in range(MAX_DEPTH):
+        if frame is None:
+            break
+        append(frame.f_code)
+        append(frame.f_lasti)
         frame = frame.f_back
     return out
+
+
+_frames: Dict[int, Tuple[object, Dict[int, Optional[Frame]]]] = {}  # id(code) → (code, {lasti: frame})
+
+
+def resolve(raw: list) -> List[Frame]:
+    """Frames (file, line, function) of a ``grab``, without the agent's own frames.
+
+    The agent's frames (its GC callback, its middleware) sit on top of whatever the app was
+    doing; dropping them attributes the sample to the app's frame below. Frames are cached
+    per code object and instruction (the cache holds the code objects, so an id is never
+    reused while cached); it starts afresh when it grows past 50,000 positions.
+    """
+    out: List[Frame] = []
+    for i in range(0, len(raw), 2):
+        code, lasti = raw[i], raw[i + 1]
+        entry = _frames.get(id(code))
+        if entry is None:
+            if len(_frames) > 50_000:
+                _frames.clear()
+            entry = _frames[id(code)] = (code, {})
+        by_lasti = entry[1]
+        if lasti in by_lasti:
+            frame = by_lasti[lasti]
+        else:
+            frame = by_lasti[lasti] = (None if code.co_filename.startswith(_AGENT_DIR)
+                                       else (code.co_filename, _line(code, lasti), code.co_name))
+        if frame is not None:
+            out.append(frame)
+    return out
+
+
+def _line(code, lasti: int) -> int:  # type: ignore[no-untyped-def]
+    """The line of the instruction at byte offset ``lasti``, as ``frame.f_lineno`` would say."""
+    line = code.co_firstlineno
+    if lasti < 0:
+        return line
+    co_lines = getattr(code, "co_lines", None)
+    if co_lines is not None:  # Python 3.10 and later
+        for start, end, number in co_lines():
+            if start <= lasti < end:
+                return number if number is not None else line
+        return line
+    for offset, number in dis.findlinestarts(code):  # before 3.10
+        if offset > lasti:
+            break
+        line = number
+    return line
 
 
 def app_site(stack: List[Frame]) -> Optional[Frame]:

@@ -1,0 +1,48 @@
+"""The agent's stack taking: what the signal handler grabs resolves to what the frames said."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from harness.agent import stacks
+
+
+def frames_of(frame) -> list:  # type: ignore[no-untyped-def]
+    """The stack as the interpreter reports it, innermost first."""
+    out = []
+    while frame is not None:
+        out.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return out
+
+
+def test_resolve_gives_each_frames_file_line_and_function():
+    def nested(depth: int) -> tuple:
+        if depth:
+            return nested(depth - 1)
+        frame = sys._getframe()
+        return stacks.grab(frame), frames_of(frame)
+
+    raw, expected = nested(5)
+    assert stacks.resolve(raw) == expected
+    assert stacks.resolve(raw) == expected  # from the cache the first call filled
+    assert [f[2] for f in expected[:6]] == ["nested"] * 6
+
+
+def test_resolve_inside_a_coroutine_and_after_the_frame_moved_on():
+    async def handler() -> tuple:
+        frame = sys._getframe()
+        taken = stacks.grab(frame), frames_of(frame)
+        await asyncio.sleep(0)  # the frame runs on; what was grabbed still names the line it was at
+        return taken
+
+    raw, expected = asyncio.run(handler())
+    assert stacks.resolve(raw) == expected
+
+
+def test_agent_frames_are_left_out():
+    frame = sys._getframe()
+    raw, expected = stacks.grab(frame), frames_of(frame)
+    agent_code = stacks.app_site.__code__  # any code object of the agent's package
+    assert stacks.resolve([agent_code, 0] + raw) == stacks.resolve(raw) == expected
