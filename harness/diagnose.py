@@ -60,10 +60,8 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
             say(f"stopping: the next step would pass --max-time {opts.max_time_s:.0f}s")
             break
         start = session.next_start()
-        step = (_with_load(scenario, model="closed", users=int(level), duration_s=opts.step_s) if opts.closed else
-                _with_load(scenario, model="open", rate=level, duration_s=opts.step_s))
+        step, offered, users_ = _at_level(scenario, level, opts.closed, opts.step_s)
         records = session.drive(step, start, deadline=deadline)
-        offered, users_ = (None, int(level)) if opts.closed else (round(level, 2), None)
         session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_)
         stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_,
                                    Recording(run={}, driver_records=tuple(records)).seconds)
@@ -91,15 +89,21 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         outran = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
         say(f"holding at {_level(hold, opts.closed)}{outran} for {opts.hold_s:.0f} s to profile the workers")
         session.request_profile(opts.hold_s)
-        hold_load = (_with_load(scenario, model="closed", users=int(hold), duration_s=hold_len) if opts.closed else
-                     _with_load(scenario, model="open", rate=hold, duration_s=hold_len))
+        hold_load, offered, users_ = _at_level(scenario, hold, opts.closed, hold_len)
         session.drive(hold_load, start, deadline=deadline)
-        session.event("stage", phase="hold", t_start=start, t_end=start + hold_len,
-                      offered_rps=None if opts.closed else round(hold, 2), users=int(hold) if opts.closed else None)
+        session.event("stage", phase="hold", t_start=start, t_end=start + hold_len, offered_rps=offered, users=users_)
 
 
 def _level(level: float, closed: bool) -> str:
     return f"{int(level)} users" if closed else f"{level:,.0f} req/s offered"
+
+
+def _at_level(scenario: Scenario, level: float, closed: bool, seconds: float) -> tuple[Scenario, float | None, int | None]:
+    """The scenario loaded at ``level`` (users when closed, req/s offered when open) for ``seconds``,
+    and the level as a stage records it: (scenario, offered_rps, users)."""
+    if closed:
+        return _with_load(scenario, model="closed", users=int(level), duration_s=seconds), None, int(level)
+    return _with_load(scenario, model="open", rate=level, duration_s=seconds), round(level, 2), None
 
 
 def _with_load(scenario: Scenario, **load: Any) -> Scenario:
