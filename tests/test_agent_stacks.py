@@ -46,3 +46,25 @@ def test_agent_frames_are_left_out():
     raw, expected = stacks.grab(frame), frames_of(frame)
     agent_code = stacks.app_site.__code__  # any code object of the agent's package
     assert stacks.resolve([agent_code, 0] + raw) == stacks.resolve(raw) == expected
+
+
+def test_grab_stops_at_the_depth_asked_for():
+    def nested(depth: int) -> list:
+        return nested(depth - 1) if depth else stacks.grab(sys._getframe(), 4)
+
+    raw = nested(10)
+    assert [f[2] for f in stacks.resolve(raw)] == ["nested"] * 4
+
+
+def test_category_is_decided_by_the_innermost_frame_that_says_something():
+    site = "/usr/lib/python3/site-packages"
+    enum = (f"{sys.prefix}/lib/python3.11/enum.py", 1, "__call__")  # standard library: decides nothing
+    logging = (f"{sys.prefix}/lib/python3.11/logging/__init__.py", 2, "emit")
+    app = ("/srv/app/main.py", 3, "handler")
+    assert stacks.category([enum, logging, app]) == "logging"
+    assert stacks.category([enum, logging, app]) == "logging"  # again, from the per-frame cache
+    assert stacks.category([enum, app, logging]) == "app-code"
+    assert stacks.category([(f"{site}/fastapi/routing.py", 4, "serialize_response"), app]) == "json-serialization"
+    assert stacks.category([(f"{site}/fastapi/routing.py", 5, "run_endpoint_function"), app]) == "framework"
+    assert stacks.category([(f"{site}/sqlalchemy/engine/base.py", 6, "execute"), app]) == "db"
+    assert stacks.category([enum]) == "framework"

@@ -3,117 +3,160 @@
 from __future__ import annotations
 
 import asyncio
-from time import perf_counter
+import itertools
+from time import perf_counter_ns
 from typing import Any, Dict, List, Tuple
 
 from .hist import FAST, TABLE, bucket_of
 
 MAX_ROUTES = 200  # beyond this many distinct raw paths, the rest count as "other"
-MAX = -1  # the key of a route's slowest request (µs) among its bucket counts
+NB = TABLE[-1] + 1  # buckets below FAST µs, each a list slot
+# a route's counts in a tally: [slowest µs, bucket 0 .. NB-1 (slot = bucket + 1), {bucket: n} at FAST µs and above]
+_SLOTS = list(range(NB + 1))
+SLOT = [_SLOTS[b + 1] for b in TABLE]  # SLOT[us]: one shared int object per slot, as in TABLE
+RAISED = None  # a tally's key for its [(route key, exception type)]
 
 
-class Tally:
-    """One tick's requests, as the loop thread counts them."""
-
-    __slots__ = ("hists", "raised")
-
-    def __init__(self) -> None:
-        self.hists: Dict[str, Dict[int, int]] = {}  # route → {bucket: count, MAX: slowest µs}
-        self.raised: List[Tuple[str, str]] = []  # (route, exception type) per request that raised
-
-    def add(self, other: "Tally") -> None:
-        for route, counts in other.hists.items():
-            mine = self.hists.setdefault(route, {MAX: 0})
-            for b, n in counts.items():
-                mine[b] = max(mine[b], n) if b == MAX else mine.get(b, 0) + n
-        self.raised += other.raised
-
-
-class RouteStats:
-    """Per-route counts and latency histograms: kept by the loop thread, read by the agent's.
-
-    The loop adds each request to its route's bucket counts (a dict update: no record per
-    request to keep, hand over and fold later). Once a tick the agent's thread swaps the tally
-    for a fresh one and reads the one it swapped out the tick *before*: the loop may be in
-    the middle of an update of the tally it has just lost, but not a tick later. So a tick's
-    record carries the requests of the tick before it, and the drain costs per bucket in use,
-    not per request (which also keeps its hold on the GIL, and the loop's wait, short).
-    """
-
-    def __init__(self) -> None:
-        self.inflight = 0
-        self.tally = Tally()
-        self._settled = Tally()
-
-    def drain(self, final: bool = False) -> Dict[str, Any]:
-        """The requests of the tick before the last (see above), plus the in-flight gauge (now);
-        ``final``: of the last tick too (the worker has stopped serving)."""
-        done, self._settled, self.tally = self._settled, self.tally, Tally()
-        if final:
-            done.add(self._settled)
-            self._settled = Tally()
-        errors: Dict[str, int] = {}
-        exceptions: Dict[str, Dict[str, int]] = {}
-        for route, exc in done.raised:
-            errors[route] = errors.get(route, 0) + 1
-            by_type = exceptions.setdefault(route, {})
-            by_type[exc] = by_type.get(exc, 0) + 1
-        routes = {}
-        for route, counts in done.hists.items():
-            slowest = counts.pop(MAX)
-            routes[route] = {"n": sum(counts.values()), "errors": errors.get(route, 0),
-                             "hist": {"b": sorted(counts.items()), "max": slowest}}
-        return {"inflight": self.inflight, "routes": routes, "exceptions": exceptions}
+def _new_counts() -> List[Any]:
+    return [0] * (NB + 1) + [None]
 
 
 class AgentMiddleware:
+    """Times every request on the loop in as few bytecodes as it can: one dict lookup and a
+    list slot per request; labels, buckets and sums are made on the agent's thread (``drain``).
+
+    The loop adds each request to its route's counts in ``tally`` (keyed by the router's route
+    object and the method, so a request makes no string). Once a tick the agent's thread swaps
+    the tally for a fresh one and reads the one it swapped out the tick *before*: the loop may
+    be in the middle of an update of the tally it has just lost, but not a tick later. So a
+    tick's record carries the requests of the tick before it, and the drain costs per route
+    in use, not per request (which also keeps its hold on the GIL, and the loop's wait, short).
+    """
+
     def __init__(self, app: Any, agent: Any) -> None:
         self.app = app
         self.agent = agent
-        self.stats = RouteStats()
-        agent.routes = self.stats
+        agent.routes = self
         self.ready = False
+        self.inflight = 0
+        self.tally: Dict[Any, Any] = {}
+        self._settled: Dict[Any, Any] = {}
+        self.labels: Dict[Tuple[Any, Any], str] = {}  # tally key → "METHOD /path"
+        self.routes: Dict[int, Any] = {}  # the route objects whose ids are keys (kept alive)
         self.raw_paths: set = set()
-        self.labels: Dict[Tuple[int, Any], str] = {}
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not self.ready:
+            await self._other(scope, receive, send)
+            return
+        self.inflight += 1
+        # `send` is passed through untouched: wrapping it costs a coroutine per message on every
+        # request; the driver sees status codes from outside, the agent sees exceptions from inside
+        t = perf_counter_ns()
+        try:
+            await self.app(scope, receive, send)
+        except BaseException as e:
+            self._raised(scope, type(e).__name__)
+            raise
+        finally:
+            # counted once for both outcomes, inline: this runs on the loop for every request
+            us = (perf_counter_ns() - t) // 1000
+            self.inflight -= 1
+            counts = self.tally.get((id(scope.get("route")), scope.get("method")))
+            if counts is None or us >= FAST:
+                self._record(scope, us)
+            else:
+                counts[SLOT[us]] += 1
+                if us > counts[0]:
+                    counts[0] = us
+
+    async def _other(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        """Anything but a request once the agent runs: start it, stop it at shutdown."""
         if not self.ready:
             self.agent.start(asyncio.get_running_loop())
             if scope["type"] == "http":  # inside a request task: anyio's limiter is reachable now
                 self.agent.threadpool.attach()
                 self.ready = True
-        if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                receive = self._stop_at_shutdown(receive)
-            await self.app(scope, receive, send)
-            return
-        stats = self.stats
-        stats.inflight += 1
-        # `send` is passed through untouched: wrapping it costs a coroutine per message on every
-        # request; the driver sees status codes from outside, the agent sees exceptions from inside
-        t = perf_counter()
-        raised = None
-        try:
-            await self.app(scope, receive, send)
-        except BaseException as e:
-            raised = e
-            raise
-        finally:
-            # counted once for both outcomes, inline: this runs on the loop for every request
-            us = int((perf_counter() - t) * 1e6)
-            stats.inflight -= 1
-            tally = stats.tally
-            route = self.route_of(scope)
-            counts = tally.hists.get(route)
-            if counts is None:
-                counts = tally.hists[route] = {MAX: 0}
-            b = TABLE[us] if us < FAST else bucket_of(us)
-            counts[b] = counts.get(b, 0) + 1
-            if us > counts[MAX]:
-                counts[MAX] = us
-            if raised is not None:
-                tally.raised.append((route, type(raised).__name__))
-                raised = None  # the exception's traceback holds this frame
+                await self(scope, receive, send)
+                return
+        if scope["type"] == "lifespan":
+            receive = self._stop_at_shutdown(receive)
+        await self.app(scope, receive, send)
+
+    def _key(self, scope: Dict[str, Any]) -> Tuple[Any, Any]:
+        """The tally key of a request: its route object's id when the router left one in the
+        scope (routes are not always hashable: APIRoute is not), else its raw path (bounded)."""
+        method = scope.get("method")
+        route = scope.get("route")
+        if route is not None:
+            key = (id(route), method)
+            if key not in self.labels:
+                self.routes[id(route)] = route
+                self.labels[key] = f"{method or ''} {getattr(route, 'path', route)}"
+            return key
+        key = (scope.get("path", ""), method)
+        if key not in self.labels:
+            if len(self.raw_paths) >= MAX_ROUTES:
+                key = ("other", None)
+                self.labels[key] = "other"
+                return key
+            self.raw_paths.add(key[0])
+            self.labels[key] = f"{method or ''} {key[0]}"
+        return key
+
+    def _record(self, scope: Dict[str, Any], us: int) -> None:
+        """A request the fast path could not count: its route's first in this tally, one of a
+        raw path, or one that took FAST µs or longer."""
+        tally, key = self.tally, self._key(scope)
+        counts = tally.get(key)
+        if counts is None:
+            counts = tally[key] = _new_counts()
+        if us < FAST:
+            counts[SLOT[us]] += 1
+        else:
+            if counts[-1] is None:
+                counts[-1] = {}
+            b = bucket_of(us)
+            counts[-1][b] = counts[-1].get(b, 0) + 1
+        if us > counts[0]:
+            counts[0] = us
+
+    def _raised(self, scope: Dict[str, Any], exc: str) -> None:
+        self.tally.setdefault(RAISED, []).append((self._key(scope), exc))
+
+    def drain(self, final: bool = False) -> Dict[str, Any]:
+        """The requests of the tick before the last (see the class), plus the in-flight gauge
+        (now); ``final``: of the last tick too (the worker has stopped serving)."""
+        done, self._settled, self.tally = self._settled, self.tally, {}
+        tallies = [done, self._settled] if final else [done]
+        if final:
+            self._settled = {}
+        routes: Dict[str, Dict[str, Any]] = {}
+        exceptions: Dict[str, Dict[str, int]] = {}
+        for tally in tallies:
+            for key, exc in tally.pop(RAISED, ()):
+                by_type = exceptions.setdefault(self.labels[key], {})
+                by_type[exc] = by_type.get(exc, 0) + 1
+            for key, counts in tally.items():
+                slots, over = counts[1:NB + 1], counts[-1] or {}
+                pairs = list(zip(itertools.compress(range(NB), slots), itertools.compress(slots, slots)))
+                pairs += sorted(over.items())
+                n = sum(slots) + sum(over.values())
+                label = self.labels[key]
+                st = routes.get(label)
+                if st is None:
+                    routes[label] = {"n": n, "errors": 0, "hist": {"b": pairs, "max": counts[0]}}
+                    continue
+                # one label from two keys ("other"), or from both tallies of the final drain
+                merged = dict(st["hist"]["b"])
+                for b, k in pairs:
+                    merged[b] = merged.get(b, 0) + k
+                st["n"] += n
+                st["hist"] = {"b": sorted(merged.items()), "max": max(st["hist"]["max"], counts[0])}
+        for label, by_type in exceptions.items():
+            if label in routes:  # (a request that raised as the tally was swapped counts a tick later)
+                routes[label]["errors"] = sum(by_type.values())
+        return {"inflight": self.inflight, "routes": routes, "exceptions": exceptions}
 
     def _stop_at_shutdown(self, receive: Any) -> Any:
         """``receive`` for the lifespan scope, stopping the agent when the server shuts down.
@@ -130,19 +173,3 @@ class AgentMiddleware:
             return message
 
         return receive_and_watch
-
-    def route_of(self, scope: Dict[str, Any]) -> str:
-        """The route template when the router left one in the scope, else the raw path (bounded)."""
-        route = scope.get("route")
-        if route is not None:
-            key = (id(route), scope.get("method"))  # routes are not always hashable (APIRoute is not)
-            label = self.labels.get(key)
-            if label is None:
-                label = self.labels[key] = f"{scope.get('method', '')} {getattr(route, 'path', route)}"
-            return label
-        raw = scope.get("path", "")
-        if raw not in self.raw_paths:
-            if len(self.raw_paths) >= MAX_ROUTES:
-                return "other"
-            self.raw_paths.add(raw)
-        return f"{scope.get('method', '')} {raw}"

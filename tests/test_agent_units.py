@@ -1,0 +1,153 @@
+"""The agent's per-request tally and its CPU timer, run for real in this interpreter."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from harness.agent.cputimer import CpuTimer
+from harness.agent.hist import FAST, bucket_of
+from harness.agent.middleware import MAX_ROUTES, AgentMiddleware
+
+
+class Route:
+    """What Starlette leaves in ``scope["route"]``: unhashable, with a path."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class Agent:
+    """The part of the agent the middleware talks to."""
+
+    def __init__(self) -> None:
+        self.routes = None
+        self.started = self.stopped = 0
+        self.threadpool = self
+
+    def start(self, loop: object) -> None:
+        self.started += 1
+
+    def attach(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+async def app(scope: dict, receive: object, send: object) -> None:
+    if scope["path"] == "/boom":
+        raise KeyError("boom")
+    if scope["path"] == "/slow":
+        await asyncio.sleep(FAST / 1e6 + 0.005)
+
+
+def request(path: str, route: Route | None = None, method: str = "GET") -> dict:
+    scope = {"type": "http", "method": method, "path": path}
+    if route is not None:
+        scope["route"] = route
+    return scope
+
+
+def serve(mw: AgentMiddleware, scopes: list) -> None:
+    async def main() -> None:
+        for scope in scopes:
+            try:
+                await mw(scope, None, None)
+            except KeyError:
+                pass
+
+    asyncio.run(main())
+
+
+def test_tally_counts_routes_raw_paths_errors_and_slow_requests_a_tick_later():
+    agent = Agent()
+    mw = AgentMiddleware(app, agent)
+    assert agent.routes is mw
+    fast, items = Route("/fast"), Route("/items/{id}")
+    serve(mw, [request("/fast", fast)] * 5 + [request("/items/1", items), request("/items/2", items),
+               request("/items/3", items, "POST"), request("/nowhere"), request("/boom"), request("/slow", Route("/slow"))])
+    assert agent.started == 1
+    assert mw.drain()["routes"] == {}  # the tick just taken away is read at the next one
+    rec = mw.drain()
+    routes = rec["routes"]
+    assert {k: v["n"] for k, v in routes.items()} == {
+        "GET /fast": 5, "GET /items/{id}": 2, "POST /items/{id}": 1, "GET /nowhere": 1, "GET /boom": 1, "GET /slow": 1}
+    assert rec["exceptions"] == {"GET /boom": {"KeyError": 1}}
+    assert routes["GET /boom"]["errors"] == 1 and routes["GET /fast"]["errors"] == 0
+    assert rec["inflight"] == 0
+    slow = routes["GET /slow"]["hist"]
+    assert slow["max"] >= FAST and slow["b"] == [(bucket_of(slow["max"]), 1)]
+    fast_hist = routes["GET /fast"]["hist"]
+    assert sum(n for _, n in fast_hist["b"]) == 5 and bucket_of(fast_hist["max"]) == fast_hist["b"][-1][0]
+    assert mw.drain(final=True)["routes"] == {}
+
+
+def test_final_drain_counts_the_last_two_ticks():
+    mw = AgentMiddleware(app, Agent())
+    fast = Route("/fast")
+    serve(mw, [request("/fast", fast)] * 3)
+    mw.drain()
+    serve(mw, [request("/fast", fast)] * 2)
+    assert mw.drain(final=True)["routes"]["GET /fast"]["n"] == 5
+
+
+def test_raw_paths_are_bounded():
+    mw = AgentMiddleware(app, Agent())
+    serve(mw, [request(f"/p{i}") for i in range(MAX_ROUTES + 10)])
+    mw.drain()
+    routes = mw.drain()["routes"]
+    assert len(routes) == MAX_ROUTES + 1 and routes["other"]["n"] == 10
+
+
+def test_lifespan_passes_through_and_stops_the_agent_at_shutdown():
+    agent = Agent()
+    seen = []
+
+    async def lifespan_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+        seen.append((await receive())["type"])
+
+    async def receive() -> dict:
+        return {"type": "lifespan.shutdown"}
+
+    mw = AgentMiddleware(lifespan_app, agent)
+    asyncio.run(mw({"type": "lifespan"}, receive, None))
+    assert seen == ["lifespan.shutdown"] and agent.started == 1 and agent.stopped == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer_create on a thread's CPU clock is Linux's")
+def test_cpu_timer_counts_only_its_own_threads_cpu_time():
+    count = [0]
+    previous = signal.signal(signal.SIGPROF, lambda s, f: count.__setitem__(0, count[0] + 1))
+    timer = CpuTimer()
+    try:
+        assert timer.start(0.01) == "thread"
+        # another thread burns CPU without the GIL: a process-wide timer would count it too
+        other = threading.Thread(target=lambda: [hashlib.sha256(b"x" * 20_000_000).digest() for _ in range(20)])
+        other_cpu = time.process_time()
+        other.start()
+        start = time.thread_time()
+        while time.thread_time() - start < 0.5:
+            sum(range(1000))
+        mine = time.thread_time() - start
+        other.join()
+        process = time.process_time() - other_cpu
+        assert process > mine * 1.5  # the other thread did burn CPU alongside
+        assert 0.6 * mine / 0.01 <= count[0] <= 1.3 * mine / 0.01
+    finally:
+        timer.stop()
+        timer.stop()  # twice is harmless (the lifespan and atexit both stop the agent)
+    after = count[0]
+    busy = time.thread_time()
+    while time.thread_time() - busy < 0.1:
+        sum(range(1000))
+    assert count[0] == after and timer.kind == "off"
+    signal.signal(signal.SIGPROF, previous)
