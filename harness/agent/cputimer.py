@@ -54,7 +54,7 @@ class CpuTimer:
         if not sys.platform.startswith("linux") or not hasattr(time, "pthread_getcpuclockid"):
             return False
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
+            libc = ctypes.CDLL(None)
             libc.timer_create.argtypes = [ctypes.c_int, ctypes.POINTER(_Sigevent), ctypes.POINTER(ctypes.c_void_p)]
             libc.timer_settime.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
             libc.timer_delete.argtypes = [ctypes.c_void_p]

@@ -42,7 +42,7 @@ class AgentMiddleware:
         self.tally: Dict[Any, Any] = {}
         self._settled: Dict[Any, Any] = {}
         self.labels: Dict[Tuple[Any, Any], str] = {}  # tally key → "METHOD /path"
-        self.routes: Dict[int, Any] = {}  # the route objects whose ids are keys (kept alive)
+        self.route_objects: Dict[int, Any] = {}  # the route objects whose ids are keys (kept alive)
         self.raw_paths: set = set()
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
@@ -91,7 +91,7 @@ class AgentMiddleware:
         if route is not None:
             key = (id(route), method)
             if key not in self.labels:
-                self.routes[id(route)] = route
+                self.route_objects[id(route)] = route
                 self.labels[key] = f"{method or ''} {getattr(route, 'path', route)}"
             return key
         key = (scope.get("path", ""), method)
