@@ -142,12 +142,13 @@ def test_cpu_timer_counts_only_its_own_threads_cpu_time():
         process = time.process_time() - other_cpu
         assert process > mine * 1.5  # the other thread did burn CPU alongside
         assert 0.6 * mine / 0.01 <= count[0] <= 1.3 * mine / 0.01
-    finally:
         timer.stop()
         timer.stop()  # twice is harmless (the lifespan and atexit both stop the agent)
-    after = count[0]
-    busy = time.thread_time()
-    while time.thread_time() - busy < 0.1:
-        sum(range(1000))
-    assert count[0] == after and timer.kind == "off"
-    signal.signal(signal.SIGPROF, previous)
+        after = count[0]
+        busy = time.thread_time()
+        while time.thread_time() - busy < 0.1:
+            sum(range(1000))
+        assert count[0] == after and timer.kind == "off"
+    finally:
+        timer.stop()
+        signal.signal(signal.SIGPROF, previous)
