@@ -68,3 +68,46 @@ def test_category_is_decided_by_the_innermost_frame_that_says_something():
     assert stacks.category([(f"{site}/fastapi/routing.py", 5, "run_endpoint_function"), app]) == "framework"
     assert stacks.category([(f"{site}/sqlalchemy/engine/base.py", 6, "execute"), app]) == "db"
     assert stacks.category([enum]) == "framework"
+
+
+def test_classify_names_the_category_and_the_innermost_app_frames_line():
+    def two_places() -> list:
+        frame = sys._getframe()
+        first = stacks.grab(frame), frames_of(frame)
+        second = stacks.grab(frame), frames_of(frame)  # the same code objects, another line
+        return [first, second]
+
+    for raw, expected in two_places():
+        path, line, func = expected[0]  # this test's own file: app code
+        assert stacks.classify(raw) == ("app-code", f"app-code|{path}:{line} {func}")
+        assert stacks.category(expected) == "app-code"
+    agent_code = stacks.app_site.__code__
+    assert stacks.classify([agent_code, 0] + raw) == stacks.classify(raw)  # the agent's frames left out
+
+
+def test_classify_inside_a_library_names_the_app_frame_that_called_it():
+    import json
+
+    seen = []
+
+    class Probe:
+        def __repr__(self) -> str:
+            frame = sys._getframe(1)  # json's encoder, called from the app frame below
+            seen.append((stacks.grab(frame), frames_of(frame)))
+            return "probe"
+
+    def handler() -> str:
+        return json.dumps([Probe()], default=repr)
+
+    handler()
+    raw, expected = seen[0]
+    app = next(f for f in expected if f[2] == "handler")
+    assert stacks.classify(raw) == ("json-serialization", f"json-serialization|{app[0]}:{app[1]} handler")
+
+
+def test_classify_calls_a_stack_parked_in_the_selector_idle():
+    import selectors
+
+    idle_code = selectors.EpollSelector.select.__code__ if hasattr(selectors, "EpollSelector") else selectors.SelectSelector.select.__code__
+    raw = [idle_code, 0] + stacks.grab(sys._getframe())
+    assert stacks.classify(raw) == ("idle", None)

@@ -91,6 +91,21 @@ def test_tally_counts_routes_raw_paths_errors_and_slow_requests_a_tick_later():
     assert mw.drain(final=True)["routes"] == {}
 
 
+def test_a_routes_histogram_keeps_every_request_from_its_fastest_to_its_slowest():
+    async def paced(scope: dict, receive: object, send: object) -> None:
+        await asyncio.sleep(scope["wait"])
+
+    mw = AgentMiddleware(paced, Agent())
+    route = Route("/paced")
+    waits = [0, 0.002, 0, 0.004, 0]
+    serve(mw, [dict(request("/paced", route), wait=w) for w in waits])
+    mw.drain()
+    hist = mw.drain()["routes"]["GET /paced"]["hist"]
+    assert sum(n for _, n in hist["b"]) == len(waits)
+    assert hist["b"][-1][0] == bucket_of(hist["max"]) and hist["max"] >= 4000
+    assert hist["b"][0][0] < bucket_of(2000)  # the instant ones, below the 2 ms one
+
+
 def test_final_drain_counts_the_last_two_ticks():
     mw = AgentMiddleware(app, Agent())
     fast = Route("/fast")
@@ -152,3 +167,33 @@ def test_cpu_timer_counts_only_its_own_threads_cpu_time():
     finally:
         timer.stop()
         signal.signal(signal.SIGPROF, previous)
+
+
+def test_pool_probe_counts_checkouts_per_pool_and_forgets_a_pool_that_is_gone(monkeypatch):
+    import gc
+    import sqlite3
+
+    from sqlalchemy.pool import QueuePool
+
+    from harness.agent.probes import PoolProbe
+
+    for name in ("_do_get", "_do_return_conn"):  # the probe wraps them; put them back afterwards
+        monkeypatch.setattr(QueuePool, name, getattr(QueuePool, name))
+    probe = PoolProbe()
+    probe.install()
+    pools = [QueuePool(lambda: sqlite3.connect(":memory:"), pool_size=2, max_overflow=0) for _ in range(2)]
+    for pool, n in zip(pools, (3, 1)):
+        for _ in range(n):
+            pool.connect().close()
+    held = pools[0].connect()
+    first = {p["id"]: p for p in probe.read()}
+    assert len(first) == 2
+    a, b = (first[f"QueuePool@{id(p):x}"] for p in pools)
+    assert sum(n for _, n in a["acquire"]["b"]) == 4 and a["returns"] == 3 and a["checked_out"] == 1
+    assert sum(n for _, n in b["acquire"]["b"]) == 1 and b["returns"] == 1 and b["checked_out"] == 0
+    second = {p["id"]: p for p in probe.read()}  # a tick without checkouts: gauges, nothing counted twice
+    assert second[a["id"]]["acquire"]["b"] == [] and second[a["id"]]["checked_out"] == 1
+    held.close()
+    del pools[1], pool
+    gc.collect()
+    assert [p["id"] for p in probe.read()] == [a["id"]]

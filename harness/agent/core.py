@@ -242,16 +242,15 @@ class Agent:
 
     def _classify_hot(self) -> Dict[str, Dict[str, float]]:
         """Drain raw samples: ms by category and by category|frame, for the loop and the pool threads apart."""
-        out: Dict[str, Dict[str, float]] = {k: collections.Counter() for k in ("hot_ms", "hot_frames_ms", "pool_ms", "pool_frames_ms")}
+        out: Dict[str, Dict[str, float]] = {k: {} for k in ("hot_ms", "hot_frames_ms", "pool_ms", "pool_frames_ms")}
         while self.raw_hot:
             weight, raw, on_loop = self.raw_hot.popleft()
-            stack = stacks.resolve(raw)
-            cat = stacks.category(stack)
+            cat, where = stacks.classify(raw)
             ms = weight * 1000.0
             cats, frames = (out["hot_ms"], out["hot_frames_ms"]) if on_loop else (out["pool_ms"], out["pool_frames_ms"])
-            cats[cat] += ms
-            if cat != "idle":
-                frames[stacks.frame_key(stack, cat)] += ms
+            cats[cat] = cats.get(cat, 0.0) + ms
+            if where is not None:
+                frames[where] = frames.get(where, 0.0) + ms
         return {name: {k: round(v, 2) for k, v in d.items()} for name, d in out.items()}
 
     # ------------------------------------------------------------------ stream

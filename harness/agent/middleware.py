@@ -138,8 +138,10 @@ class AgentMiddleware:
                 by_type = exceptions.setdefault(self.labels[key], {})
                 by_type[exc] = by_type.get(exc, 0) + 1
             for key, counts in tally.items():
-                slots, over = counts[1:NB + 1], counts[-1] or {}
-                pairs = list(zip(itertools.compress(range(NB), slots), itertools.compress(slots, slots)))
+                # no slot above the slowest request's holds a count: scan up to it, not all NB
+                top = SLOT[counts[0]] if counts[0] < FAST else NB
+                slots, over = counts[1:top + 1], counts[-1] or {}
+                pairs = list(zip(itertools.compress(range(top), slots), itertools.compress(slots, slots)))
                 pairs += sorted(over.items())
                 n = sum(slots) + sum(over.values())
                 label = self.labels[key]

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import hist
 
@@ -64,7 +64,9 @@ class PoolProbe:
     """Every SQLAlchemy QueuePool in the process: size, overflow, checked out, acquire and hold times."""
 
     def __init__(self) -> None:
-        self.pools: "weakref.WeakKeyDictionary[Any, Dict[str, Any]]" = weakref.WeakKeyDictionary()
+        # id(pool) → (weak reference to it, its stats); not a WeakKeyDictionary, whose lookups
+        # make a weak reference each (one per checkout) and whose iteration is slow Python
+        self.pools: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
         self.installed = False
         self.lock = threading.Lock()
         self.checked_out_at: Dict[int, float] = {}
@@ -108,20 +110,33 @@ class PoolProbe:
         QueuePool._do_return_conn = _do_return_conn
 
     def _stats(self, pool: Any) -> Dict[str, Any]:
-        stats = self.pools.get(pool)
-        if stats is None:
+        entry = self.pools.get(id(pool))
+        if entry is None or entry[0]() is not pool:  # new, or a new pool where a dead one was
             with self.lock:
-                stats = self.pools.setdefault(pool, {
-                    "id": f"{type(pool).__name__}@{id(pool):x}", "acquire": hist.Histogram(),
-                    "hold_ms": 0.0, "returns": 0, "timeouts": 0,
-                })
-        return stats
+                entry = self.pools.get(id(pool))
+                if entry is None or entry[0]() is not pool:
+                    entry = self.pools[id(pool)] = (weakref.ref(pool), {
+                        "id": f"{type(pool).__name__}@{id(pool):x}", "acquire": hist.Histogram(),
+                        "hold_ms": 0.0, "returns": 0, "timeouts": 0,
+                    })
+        return entry[1]
 
     def read(self) -> List[Dict[str, Any]]:
         self.install()
         out = []
-        for pool, stats in list(self.pools.items()):
-            acquire, stats["acquire"] = stats["acquire"], hist.Histogram()
+        for key, (ref, stats) in list(self.pools.items()):
+            pool = ref()
+            if pool is None:
+                with self.lock:
+                    if self.pools.get(key, (None,))[0] is ref:
+                        del self.pools[key]
+                continue
+            acquire = stats["acquire"]
+            if acquire.counts:  # else left in place: an idle pool's tick makes no new histogram
+                stats["acquire"] = hist.Histogram()
+                acquired = acquire.to_json()
+            else:
+                acquired = {"b": [], "max": 0}
             hold, returns, timeouts = stats["hold_ms"], stats["returns"], stats["timeouts"]
             stats["hold_ms"], stats["returns"], stats["timeouts"] = 0.0, 0, 0
             try:
@@ -129,7 +144,7 @@ class PoolProbe:
                           "max_overflow": getattr(pool, "_max_overflow", 0), "timeout_s": pool.timeout()}
             except Exception:
                 gauges = {}
-            out.append({"id": stats["id"], **gauges, "acquire": acquire.to_json(), "hold_ms": round(hold, 3),
+            out.append({"id": stats["id"], **gauges, "acquire": acquired, "hold_ms": round(hold, 3),
                         "returns": returns, "timeouts": timeouts})
         return out
 
