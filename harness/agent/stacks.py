@@ -148,18 +148,10 @@ def category(stack: List[Frame]) -> str:
     if is_idle(stack):
         return "idle"
     for path, _, func in stack:
-        key = (path, func)
-        cat = _frame_categories.get(key, "")
-        if cat == "":
-            cat = _frame_category(path, func)
-            if len(_frame_categories) < 10_000:
-                _frame_categories[key] = cat
+        cat = _frame_category(path, func)
         if cat is not None:
             return cat
     return "framework"
-
-
-_frame_categories: Dict[Tuple[str, str], Optional[str]] = {}
 
 
 def _frame_category(path: str, func: str) -> Optional[str]:
@@ -217,5 +209,5 @@ def _classify_codes(codes: list) -> Tuple[str, int, list]:
     cat = category(stack)
     if cat == "idle":
         return cat, -1, codes
-    site = next((k for k, frame in enumerate(stack) if not is_library(frame[0])), 0)
-    return cat, kept[site], codes
+    site = app_site(stack)
+    return cat, kept[stack.index(site) if site else 0], codes
