@@ -62,7 +62,7 @@ def grab(frame, depth: int = MAX_DEPTH) -> list:  # type: ignore[no-untyped-def]
     none (3.11 and later): a request's coroutines each get one per sample, so hotspot samples
     stop at ``HOT_DEPTH`` (measured at ≈ 1.7 % of /fast's throughput for ≈ 22 request frames
     at 50 Hz and ≈ 0.8 % for 12, but within that split's ±0.7 %; sampling at 250 Hz cost no
-    more than 50 Hz, see the README's overhead section).
+    more than 50 Hz, see benchmarks/agent_overhead.md).
     """
     out: list = []
     append = out.append
