@@ -135,7 +135,7 @@ class PoolProbe:
             if acquire.counts:  # else left in place: an idle pool's tick makes no new histogram
                 stats["acquire"] = hist.Histogram()
                 acquired = acquire.to_json()
-            else:
+            else:  # not acquire.to_json(): a checkout landing after the test would be sent now and again next tick
                 acquired = {"b": [], "max": 0}
             hold, returns, timeouts = stats["hold_ms"], stats["returns"], stats["timeouts"]
             stats["hold_ms"], stats["returns"], stats["timeouts"] = 0.0, 0, 0
