@@ -35,12 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.config import Scenario, load_scenario  # noqa: E402
+from harness.histogram import Histogram  # noqa: E402
 from harness.launcher import HOST, Server  # noqa: E402
-from harness.load.histogram import Histogram  # noqa: E402
 from harness.load.manager import DriverFleet, shard_plans  # noqa: E402
 
 
-def drive_both(scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path]) -> dict[bool, tuple[float, float, float]]:
+def drive_both(
+    scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path]
+) -> dict[bool, tuple[float, float, float]]:
     """One round: both servers loaded at once; per server, req/s, p99 (ms) and its CPU µs per request."""
     records: dict[bool, list[dict]] = {agent: [] for agent in servers}
     cpu_before = {agent: server_cpu(s) for agent, s in servers.items()}
@@ -96,8 +98,10 @@ def main() -> None:
             dirs = {agent: Path(tmp) / ("agent" if agent else "no-agent") for agent in (False, True)}
             for d in dirs.values():
                 d.mkdir()
-            with Server(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare, \
-                    Server(dataclasses.replace(scenario.app, agent=not args.aa), dirs[True], scenario.agent) as with_agent:
+            with (
+                Server(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare,
+                Server(dataclasses.replace(scenario.app, agent=not args.aa), dirs[True], scenario.agent) as with_agent,
+            ):
                 servers = {False: bare, True: with_agent}
                 if len(cores) > 1:
                     pin(servers, cores[0])
@@ -105,9 +109,13 @@ def main() -> None:
                     got = drive_both(scenario, servers, dirs)
                     a, b = got[False], got[True]
                     r = (b[0] / a[0], b[1] / a[1], b[2] / a[2])
-                    print(f"boot {boot + 1} round {i}: no agent {a[0]:7,.0f} req/s p99 {a[1]:6.2f} ms {a[2]:5.1f} µs CPU/req"
-                          f" | agent {b[0]:7,.0f} req/s p99 {b[1]:6.2f} ms {b[2]:5.1f} µs CPU/req"
-                          f" | ratios {r[0]:.3f} {r[1]:.3f} {r[2]:.3f}", flush=True)
+                    print(
+                        f"boot {boot + 1} round {i}: no agent {a[0]:7,.0f} req/s p99 {a[1]:6.2f} ms {a[2]:5.1f} µs "
+                        "CPU/req"
+                        f" | agent {b[0]:7,.0f} req/s p99 {b[1]:6.2f} ms {b[2]:5.1f} µs CPU/req"
+                        f" | ratios {r[0]:.3f} {r[1]:.3f} {r[2]:.3f}",
+                        flush=True,
+                    )
                     if i:
                         ratios.append(r)
     print(f"throughput ratio agent/no-agent:      median {statistics.median(r[0] for r in ratios):.3f} "

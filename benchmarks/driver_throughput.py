@@ -136,7 +136,7 @@ def run_driver(port: int, seconds: int, connections: int, start: float, jtl_dir:
     scenario = build_scenario({"load": {"users": connections, "duration": f"{seconds}s"}, "requests": [{"path": "/"}]})
     plan = shard_plans(scenario, "127.0.0.1", port, start, 1, jtl_dir=jtl_dir)[0]
     env = {**os.environ, "FASTAPI_HARNESS_PURE_PYTHON": "1"} if pure else None
-    proc = subprocess.Popen(pinned(1, [sys.executable, "-m", "harness.load.worker"]), cwd=ROOT, env=env,
+    proc = subprocess.Popen(pinned(1, [sys.executable, "-m", "harness.load.driver"]), cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         proc.stdin.write(json.dumps(plan) + "\n")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def harness_rss_mb(cli: psutil.Process) -> float:
     """RSS of the CLI and its driver processes (the server tree is the target, not the harness)."""
-    procs = [cli] + [c for c in cli.children(recursive=True) if "harness.load.worker" in " ".join(c.cmdline())]
+    procs = [cli] + [c for c in cli.children(recursive=True) if "harness.load.driver" in " ".join(c.cmdline())]
     total = 0
     for p in procs:
         try:
@@ -43,7 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="seed-million-")) / "run"
     start = time.monotonic()
-    cli = subprocess.Popen([sys.executable, "-m", "harness", "run", args.scenario, "--out", str(out), "--quiet"], cwd=ROOT)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", args.scenario, "--out", str(out), "--quiet"], cwd=ROOT
+    )
     peak = 0.0
     try:
         proc = psutil.Process(cli.pid)
@@ -68,13 +70,25 @@ def main() -> None:
 
     planned = 10_000 * 100 if "seed_million" in args.scenario else None
     print(f"exit code {cli.returncode}, wall {wall:.0f} s, run dir {out}")
-    print(f"requests {summary['requests']:,} (sent {summary['load']['sent']:,}, aborted {summary['load']['aborted']})"
-          + (f", planned {planned:,}: {'all accounted for' if summary['requests'] == planned else 'MISMATCH'}" if planned else ""))
+    print(
+        f"requests {summary['requests']:,} (sent {summary['load']['sent']:,}, aborted {summary['load']['aborted']})"
+        + (
+            f", planned {planned:,}: {'all accounted for' if summary['requests'] == planned else 'MISMATCH'}"
+            if planned
+            else ""
+        )
+    )
     print(f"errors {summary['errors']['total']:,} {summary['errors']['by_kind']}")
-    print(f"throughput {summary['throughput_rps']:,.0f} req/s over {summary['duration_s']:.1f} s; "
-          f"latency p50 {summary['latency_ms']['p50']:.1f} ms, p99 {summary['latency_ms']['p99']:.1f} ms, max {summary['latency_ms']['max']:.0f} ms")
-    print(f"worker CPU p90 {summary['resources']['worker_cpu_p90']:.2f} cores, driver CPU p90 {summary['resources']['driver_cpu_p90']:.2f}, "
-          f"server FDs max {summary['resources']['fds_max']}")
+    print(
+        f"throughput {summary['throughput_rps']:,.0f} req/s over {summary['duration_s']:.1f} s; "
+        f"latency p50 {summary['latency_ms']['p50']:.1f} ms, p99 {summary['latency_ms']['p99']:.1f} ms, max "
+        f"{summary['latency_ms']['max']:.0f} ms"
+    )
+    print(
+        f"worker CPU p90 {summary['resources']['worker_cpu_p90']:.2f} cores, driver CPU p90 "
+        f"{summary['resources']['driver_cpu_p90']:.2f}, "
+        f"server FDs max {summary['resources']['fds_max']}"
+    )
     print(f"harness peak RSS (CLI + drivers) {peak:.0f} MB (target < 300 MB)")
     print(f"report rendering {render_s:.1f} s (target < 10 s)")
 

@@ -11,16 +11,22 @@ import argparse
 import copy
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
 from harness import __version__
-from harness.config import DEFAULT_SCENARIO, Scenario, build_scenario, parse_duration, read_scenario_file
+from harness.config import (
+    DEFAULT_SCENARIO,
+    FLAG_PATHS,
+    SERVERS,
+    Scenario,
+    build_scenario,
+    flag_overrides,
+    read_scenario_file,
+)
 from harness.errors import ConfigError, HarnessError
+from harness.recording import default_run_dir
 
-CLOSED_ONLY = ("users", "loops", "ramp_up", "think_time")
-OPEN_ONLY = ("rate", "ramp", "stages")
 EXIT_SLO_BROKEN, EXIT_INVALID = 1, 3
 
 
@@ -41,15 +47,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     target.add_argument("--app", help="boot this app without a scenario file: module:attribute")
     target.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
     target.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
-    target.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the server (repeatable)")
+    target.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the server (repeatable)"
+    )
     target.add_argument("--jmx", metavar="PLAN", help="take the load and requests from a JMeter test plan (.jmx)")
     target.add_argument("-J", dest="jmeter_props", action="append", default=[], metavar="NAME=VALUE",
                         help="with --jmx: a JMeter property for ${__P(name,default)} (repeatable)")
-    target.add_argument("--get", action="append", default=[], metavar="PATH", help="with --url/--app: GET this path (repeatable)")
-    target.add_argument("--post", action="append", default=[], metavar="PATH", help="with --url/--app: POST this path (repeatable)")
+    target.add_argument(
+        "--get", action="append", default=[], metavar="PATH", help="with --url/--app: GET this path (repeatable)"
+    )
+    target.add_argument(
+        "--post", action="append", default=[], metavar="PATH", help="with --url/--app: POST this path (repeatable)"
+    )
     over = p.add_argument_group("overrides (win over the scenario file)")
     over.add_argument("--workers", type=int, help="server worker processes")
-    over.add_argument("--server", choices=("uvicorn", "gunicorn"))
+    over.add_argument("--server", choices=SERVERS, help="the server that runs the app")
     over.add_argument("--python", help="the app's own interpreter (its virtualenv's python)")
     over.add_argument("--users", type=int, help="closed model: concurrent virtual users")
     over.add_argument("--loops", type=int, help="closed model: requests per user")
@@ -57,7 +69,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     over.add_argument("--duration", help='how long to drive load, e.g. "30s"')
     over.add_argument("--slo-p99", metavar="DURATION", help='latency objective, e.g. "200ms"')
     over.add_argument("--drivers", type=int, help="load-generator processes (default: a quarter of the CPUs)")
-    over.add_argument("--no-agent", action="store_true", help="run the app without the in-process agent (outside view only)")
+    over.add_argument(
+        "--no-agent", action="store_true", help="run the app without the in-process agent (outside view only)"
+    )
     over.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                       help="set any scenario field, e.g. --set app.env.LOG_LEVEL=debug")
     out = p.add_argument_group("output")
@@ -72,7 +86,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fastapi-harness", description="Boot a FastAPI app, load it, watch it, name the first bottleneck.")
+    parser = _Parser(
+        prog="fastapi-harness", description="Boot a FastAPI app, load it, watch it, name the first bottleneck."
+    )
     parser.add_argument("--version", action="version", version=f"fastapi-harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run one load test and write its report",
@@ -97,9 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--server", help="servers to try, e.g. uvicorn,gunicorn")
     comp.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
                       help="vary any scenario field, e.g. --set app.env.SAMPLE_APP_POOL_SIZE=5,10,20 (repeatable)")
-    comp.add_argument("--fixed", action="store_true", help="run each configuration at the scenario's own load instead of diagnosing")
-    comp.add_argument("--repeat", type=int, default=1, help="run the whole matrix this many times, interleaved (default 1)")
-    comp.add_argument("--max-configs", type=int, default=12, help="refuse larger matrices (runs × repeats) without --yes")
+    comp.add_argument(
+        "--fixed", action="store_true", help="run each configuration at the scenario's own load instead of diagnosing"
+    )
+    comp.add_argument(
+        "--repeat", type=int, default=1, help="run the whole matrix this many times, interleaved (default 1)"
+    )
+    comp.add_argument(
+        "--max-configs", type=int, default=12, help="refuse larger matrices (runs × repeats) without --yes"
+    )
     comp.add_argument("--yes", action="store_true", help="run a matrix larger than --max-configs")
     comp.add_argument("--duration", help="with --fixed: how long each run drives load")
     comp.add_argument("--max-rate", type=float, default=100_000.0)
@@ -107,15 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--step", default="4s")
     comp.add_argument("--out", help="compare directory (default: reports/<timestamp>-compare-<name>/)")
     comp.add_argument("--quiet", action="store_true")
-    export = sub.add_parser("export-jmx", help="write a scenario as a JMeter test plan",
-                            description="Write a closed-model scenario as a JMeter 5 .jmx (host and port as "
-                                        "${__P(host,127.0.0.1)} and ${__P(port,8000)}), so a team can run it with their JMeter.")
+    export = sub.add_parser(
+        "export-jmx",
+        help="write a scenario as a JMeter test plan",
+        description="Write a closed-model scenario as a JMeter 5 .jmx (host and port as "
+        "${__P(host,127.0.0.1)} and ${__P(port,8000)}), so a team can run it with their JMeter.",
+    )
     export.add_argument("scenario", help="scenario .toml file")
     export.add_argument("-o", "--output", help="the .jmx file to write (default: print it)")
-    ingest = sub.add_parser("ingest", help="read another tool's result file into a recording and diagnose it",
-                            description="Read a JMeter JTL (CSV or XML), a Locust stats-history CSV or a k6 JSON output "
-                                        "into a run directory: into an existing run (--into, its clocks must overlap) "
-                                        "or a new one, then write its report.")
+    ingest = sub.add_parser(
+        "ingest",
+        help="read another tool's result file into a recording and diagnose it",
+        description="Read a JMeter JTL (CSV or XML), a Locust stats-history CSV or a k6 JSON output "
+        "into a run directory: into an existing run (--into, its clocks must overlap) "
+        "or a new one, then write its report.",
+    )
     ingest.add_argument("results", help="the result file")
     ingest.add_argument("--into", metavar="RUN_DIR", help="a run whose app was sampled while the tool drove it")
     ingest.add_argument("--out", help="new run directory (default: reports/<timestamp>-<file stem>/)")
@@ -132,36 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, Any]:
-    """Dotted-path overrides for the flags given; switching load model drops the other model's keys."""
-    o: dict[str, Any] = {}
-    for flag, path in (("workers", "app.workers"), ("server", "app.server"), ("python", "app.python"),
-                       ("users", "load.users"), ("loops", "load.loops"), ("rate", "load.rate"),
-                       ("duration", "load.duration"), ("drivers", "load.drivers"), ("slo_p99", "slo.p99")):
-        value = getattr(args, flag)
-        if value is not None:
-            o[path] = value
-    if args.no_agent:
-        o["app.agent"] = False
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--env {item!r}: expected KEY=VALUE, e.g. --env LOG_LEVEL=debug")
-        o[f"app.env.{key}"] = value
-    for item in args.set:
-        path, sep, value = item.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. --set load.users=50")
-        o[path] = value
-    load = raw.setdefault("load", {})
-    if args.rate is not None and load.get("model", "closed") == "closed":
-        o["load.model"] = "open"
-        for key in CLOSED_ONLY:
-            load.pop(key, None)
-    if (args.users is not None or args.loops is not None) and load.get("model") == "open":
-        o["load.model"] = "closed"
-        for key in OPEN_ONLY:
-            load.pop(key, None)
-    return o
+    """The dotted-path overrides the flags give (config's rules)."""
+    return flag_overrides(raw, {flag: getattr(args, flag) for flag in FLAG_PATHS}, args.env, args.set,
+                          agent=not args.no_agent)
 
 
 def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -171,7 +172,10 @@ def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def scenario_from(args: argparse.Namespace) -> Scenario:
     """The scenario the flags describe: a file, --url, --app, or the built-in smoke scenario."""
-    if sum(bool(x) for x in (args.scenario, args.jmx)) > 1 or sum(bool(x) for x in (args.scenario, args.url, args.app)) > 1:
+    if (
+        sum(bool(x) for x in (args.scenario, args.jmx)) > 1
+        or sum(bool(x) for x in (args.scenario, args.url, args.app)) > 1
+    ):
         raise ConfigError("give one of: a scenario file, --url, or --app (with --jmx for the load)")
     if args.jmx:
         return scenario_from_jmx(args)
@@ -229,62 +233,16 @@ def cmd_export_jmx(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from datetime import timezone
-
-    from harness.interop.results import read_results
-    from harness.recording import Recording, RunWriter
+    from harness.interop.ingest import ingest
     from harness.report.terminal import format_summary
-    from harness.runner import check_overlap, machine_info
 
     source = Path(args.results)
-    if args.into:
-        run_dir = Path(args.into)
-        rec = Recording.load(run_dir)
-        if rec.driver_records:
-            raise ConfigError(f"{run_dir} already has load results; ingest into a run driven by the other tool")
-        res = read_results(source, rec.t0)
-        sampled = [s["t"] for s in rec.samples]
-        if not res.seconds:
-            raise ConfigError(f"{source}: no request could be read")
-        check_overlap(res.first, res.last, rec.t0, max(sampled, default=0.0), min(sampled, default=0.0))
-        writer = RunWriter(run_dir)
-    else:
-        res = read_results(source)
-        if not res.seconds:
-            raise ConfigError(f"{source}: no request could be read")
-        run_dir = Path(args.out) if args.out else default_run_dir(source.stem)
-        if (run_dir / "run.json").exists():
-            raise ConfigError(f"--out {run_dir} already holds a run; choose a new directory")
-        writer = RunWriter(run_dir)
-        writer.write_run(started_at=datetime.fromtimestamp(res.first, timezone.utc).isoformat(timespec="seconds"),
-                         status="completed", mode="ingest", machine=machine_info(), t0=res.t0,
-                         scenario={"name": source.stem, "load": {"model": "external"}}, server={"kind": "external"})
-    for record in res.driver_records():
-        writer.append("driver.jsonl", record)
-    writer.write_run(ingested={"file": str(source), "format": res.fmt, "unparsed": dict(res.problems)})
-    writer.close()
+    run_dir, res = ingest(source, Path(args.into) if args.into else None, Path(args.out) if args.out else None)
     if res.problems:
         print(f"fastapi-harness: {source}: kept what parsed; skipped {dict(res.problems)}", file=sys.stderr)
     summary = write_reports(run_dir)
     print(format_summary(summary, str(run_dir)))
     return 0
-
-
-def diagnose_options(args: argparse.Namespace):  # -> DiagnoseOptions
-    from harness.diagnose import DiagnoseOptions
-
-    try:
-        max_time, step = parse_duration(args.max_time), parse_duration(args.step)
-    except ValueError as e:
-        raise ConfigError(f"--max-time/--step: {e}") from None
-    if max_time <= 0 or step <= 0 or args.max_rate <= 0 or args.max_users < 1:
-        raise ConfigError("--max-time, --step, --max-rate and --max-users must be positive")
-    return DiagnoseOptions(max_rate=args.max_rate, max_users=args.max_users, max_time_s=max_time, step_s=step,
-                           closed=args.closed)
-
-
-def default_run_dir(name: str) -> Path:
-    return Path("reports") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{name}"
 
 
 class ProgressPrinter:
@@ -329,41 +287,34 @@ def write_reports(run_dir: Path, detectors: Sequence[str] = ()) -> dict[str, Any
     from harness.report.summary_json import render_summary_json
 
     rec = Recording.load(run_dir)
-    try:
-        diagnosis = diagnose(rec, tuple(detectors))
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"--detector: {e}; give an importable package.module:function") from None
+    diagnosis = diagnose(rec, tuple(detectors))
     summary = summarize(rec, diagnosis.verdict)
     (run_dir / "summary.json").write_text(render_summary_json(summary))
     (run_dir / "report.html").write_text(render_html(rec, summary, diagnosis))
     return summary
 
 
-def slo_broken(summary: dict[str, Any], scenario: Scenario) -> str | None:
-    """Why the run broke its SLO, or None."""
-    slo, lat = scenario.slo, summary["latency_ms"]
-    for name, limit in (("p99", slo.p99_ms), ("p95", slo.p95_ms)):
-        if limit and lat[name] > limit:
-            return f"{name} {lat[name]:.1f} ms > SLO {limit:.0f} ms"
-    if slo.error_rate and summary["errors"]["rate"] > slo.error_rate:
-        return f"error rate {summary['errors']['rate']:.2%} > SLO {slo.error_rate:.2%}"
-    return None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.analysis.summary import slo_broken
+    from harness.knee_search import DiagnoseOptions, KneeSearch
     from harness.report.terminal import format_summary
-    from harness.runner import run_scenario
+    from harness.runner import ExternalLoad, LoadPlan, run_scenario
 
     scenario = scenario_from(args)
-    diagnose = diagnose_options(args) if args.command == "diagnose" else None
+    printer = ProgressPrinter(args.quiet)
+    plan: LoadPlan | None = None
+    if args.driver_cmd:
+        plan = ExternalLoad(args.driver_cmd, printer.say)
+    elif args.command == "diagnose":
+        plan = KneeSearch(DiagnoseOptions.from_flags(args.max_rate, args.max_time, args.step, args.max_users,
+                                                     args.closed), printer.say)
     run_dir = Path(args.out) if args.out else default_run_dir(scenario.name)
     if (run_dir / "run.json").exists():
         raise ConfigError(f"--out {run_dir} already holds a run; choose a new directory")
-    printer = ProgressPrinter(args.quiet)
     failure: HarnessError | None = None
     try:
-        run_scenario(scenario, run_dir, progress=printer, allow_remote=args.allow_remote, diagnose=diagnose, say=printer.say,
-                     jtl=Path(args.jtl).resolve() if args.jtl else None, driver_cmd=args.driver_cmd or "")
+        run_scenario(scenario, run_dir, plan, progress=printer, allow_remote=args.allow_remote,
+                     jtl=Path(args.jtl).resolve() if args.jtl else None)
     except HarnessError as e:
         failure = e
     finally:
@@ -376,11 +327,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(summary, str(run_dir)))
     if failure is not None:
         raise failure
-    if summary["verdict"] and summary["verdict"]["bottleneck"] == "load-generator-saturated":
-        print("fastapi-harness: the run is invalid: the load generator was the limit (see the verdict)", file=sys.stderr)
+    if summary["verdict"] and summary["verdict"]["bottleneck"] == "load-generator-saturated":  # the JSON contract
+        print(
+            "fastapi-harness: the run is invalid: the load generator was the limit (see the verdict)", file=sys.stderr
+        )
         return EXIT_INVALID
     if getattr(args, "check", False):
-        why = slo_broken(summary, scenario)
+        why = slo_broken(summary, scenario.slo)
         if why:
             print(f"fastapi-harness: SLO broken: {why}", file=sys.stderr)
             return EXIT_SLO_BROKEN
@@ -390,13 +343,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from harness.analysis.compare import matrix_table
-    from harness.analysis.stages import stages
-    from harness.compare import expand, parse_axes, run_matrix, validate
     from harness.errors import Interrupted
-    from harness.recording import Recording
+    from harness.knee_search import DiagnoseOptions, KneeSearch
+    from harness.matrix import expand, parse_axes, read_matrix, run_matrix, summarize_matrix, validate
     from harness.report.compare import render_compare_html, render_compare_markdown
-    from harness.diagnose import DiagnoseOptions
+    from harness.runner import run_scenario
+    from harness.sampling.host import machine_info
 
     path = Path(args.scenario)
     raw = read_scenario_file(path)
@@ -409,31 +361,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           f"more than --max-configs {args.max_configs}; pass --yes to run them all")
     base = {"load.duration": args.duration} if args.duration else {}
     scenarios = validate(raw, str(path), path.parent, base, configs)
-    diagnose = None
-    if not args.fixed:
-        try:
-            diagnose = DiagnoseOptions(max_rate=args.max_rate, max_time_s=parse_duration(args.max_time),
-                                       step_s=parse_duration(args.step))
-        except ValueError as e:
-            raise ConfigError(f"--max-time/--step: {e}") from None
-    out = Path(args.out) if args.out else Path("reports") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-compare-{scenarios[0].name}"
+    options = None if args.fixed else DiagnoseOptions.from_flags(args.max_rate, args.max_time, args.step)
+
+    def run(scenario: Scenario, run_dir: Path, say: Any) -> str:
+        return run_scenario(scenario, run_dir, KneeSearch(options, say) if options else None)
+
+    out = Path(args.out) if args.out else default_run_dir(f"compare-{scenarios[0].name}")
     if (out / "runs.json").exists():
         raise ConfigError(f"--out {out} already holds a comparison; choose a new directory")
     say = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     interrupted: Interrupted | None = None
     try:
-        record = run_matrix(configs, scenarios, out, args.repeat, diagnose, write_reports, say)
+        record = run_matrix(configs, scenarios, out, args.repeat, "fixed" if args.fixed else "diagnose", run,
+                            write_reports, say)
     except Interrupted as e:
         interrupted = e
-        record = json.loads((out / "runs.json").read_text())
-    from harness.runner import machine_info
-
-    table = matrix_table(record, lambda d: Recording.load(out / d), machine_info()["cpus"] or 1)
-    curves = {}
-    for cfg in record["configs"]:
-        first = next((r for r in record["runs"] if r["label"] == cfg["label"] and "summary" in r), None)
-        if first:
-            curves[cfg["label"]] = stages(Recording.load(out / first["dir"]))
+        record = read_matrix(out)
+    table, curves = summarize_matrix(out, record, machine_info()["cpus"])
     (out / "summary.json").write_text(json.dumps({"table": table, "runs": record}, indent=2, default=str))
     (out / "report.html").write_text(render_compare_html(table, curves, record))
     print(render_compare_markdown(table))
@@ -446,9 +390,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     import json
 
-    from harness.analysis.compare import bootstrap_deltas, comparable, regressions
-    from harness.compare import diff_pairs
-    from harness.recording import Recording
+    from harness.matrix import diff_runs
     from harness.report.compare import render_diff_html, render_diff_markdown
 
     threshold = None
@@ -456,40 +398,24 @@ def cmd_diff(args: argparse.Namespace) -> int:
         try:
             threshold = float(args.fail_on_regression.rstrip("%")) / 100
         except ValueError:
-            raise ConfigError(f"--fail-on-regression {args.fail_on_regression!r}: expected a percentage like 5%") from None
-    pairs = diff_pairs(Path(args.before), Path(args.after))
-    sections, failures_all, data = [], [], []
-    for label, a_dir, b_dir in pairs:
-        a, b = Recording.load(a_dir), Recording.load(b_dir)
-        why = comparable(a, b)
-        if why and not args.force:
-            raise ConfigError(f"{a_dir} and {b_dir} are {why}; pass --force to compare them anyway")
-        deltas = bootstrap_deltas(a, b)
-        va, vb = _verdict_kind(a), _verdict_kind(b)
-        change = f"First bottleneck moved from {va} to {vb}." if va != vb else None
-        failures = regressions(deltas, threshold) if threshold is not None else []
-        failures_all += [f"{label}: {f}" if label else f for f in failures]
-        md = render_diff_markdown(str(a_dir), str(b_dir), deltas, change, failures)
-        sections.append((a, b, md))
-        data.append({"label": label, "before": str(a_dir), "after": str(b_dir), "deltas": [d.to_dict() for d in deltas],
-                     "verdict_change": change, "regressions": failures, "refused": why})
-    markdown = "\n".join(md for _, _, md in sections)
-    out = Path(args.out) if args.out else Path("reports") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-diff"
+            raise ConfigError(
+                f"--fail-on-regression {args.fail_on_regression!r}: expected a percentage like 5%"
+            ) from None
+    diffs = diff_runs(Path(args.before), Path(args.after), threshold, args.force)
+    sections = [render_diff_markdown(str(d.before.path), str(d.after.path), d.deltas, d.verdict_change, d.regressions)
+                for d in diffs]
+    markdown = "\n".join(sections)
+    out = Path(args.out) if args.out else default_run_dir("diff")
     out.mkdir(parents=True, exist_ok=True)
     (out / "diff.md").write_text(markdown)
-    (out / "diff.json").write_text(json.dumps(data, indent=2))
-    (out / "diff.html").write_text(render_diff_html(sections[0][0], sections[0][1], markdown))
+    (out / "diff.json").write_text(json.dumps([d.to_json() for d in diffs], indent=2))
+    (out / "diff.html").write_text(render_diff_html(diffs[0].before, diffs[0].after, markdown))
     print(markdown)
-    if failures_all:
-        print("fastapi-harness: regression: " + "; ".join(failures_all), file=sys.stderr)
+    failures = [f"{d.label}: {f}" if d.label else f for d in diffs for f in d.regressions]
+    if failures:
+        print("fastapi-harness: regression: " + "; ".join(failures), file=sys.stderr)
         return EXIT_SLO_BROKEN
     return 0
-
-
-def _verdict_kind(rec) -> str:  # rec: Recording
-    from harness.analysis.verdict import diagnose
-
-    return diagnose(rec).verdict["bottleneck"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, RecordError
 
 SERVERS = ("uvicorn", "gunicorn")
 LOOPS = ("auto", "uvloop", "asyncio")
@@ -48,7 +48,7 @@ class AppConfig:
 
 
 @dataclass(frozen=True)
-class Stage:
+class LoadStep:
     duration_s: float
     rate: float
 
@@ -63,7 +63,7 @@ class LoadConfig:
     think_time_s: float = 0.0
     rate: float = 0.0
     ramp_s: float = 0.0
-    stages: tuple[Stage, ...] = ()
+    stages: tuple[LoadStep, ...] = ()
     drivers: int = 0
     connections: int = 0
     timeout_s: float = 10.0
@@ -142,8 +142,31 @@ class Scenario:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved scenario as plain JSON-able data."""
+        """The resolved scenario as plain JSON-able data (``from_dict`` reads it back)."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Scenario:
+        """The scenario ``to_dict`` wrote (as run.json keeps it); fields it lacks take their defaults."""
+        def build(kind: type, data: dict[str, Any] | None, **nested: Any) -> Any:
+            data = dict(data or {})
+            known = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(data) - known
+            if unknown:
+                raise RecordError(
+                    f"run.json scenario: unknown field(s) {', '.join(sorted(unknown))} in {kind.__name__}"
+                )
+            return kind(**{**data, **nested})
+
+        app = d.get("app") or {}
+        load = d.get("load") or {}
+        return build(cls, d, **{
+            "app": build(AppConfig, app, readiness=build(Readiness, app.get("readiness"))),
+            "load": build(LoadConfig, load, stages=tuple(build(LoadStep, s) for s in load.get("stages", ()))),
+            "requests": tuple(build(RequestSpec, r) for r in d.get("requests", ())),
+            "slo": build(Slo, d.get("slo")), "sampling": build(SamplingConfig, d.get("sampling")),
+            "agent": build(AgentConfig, d.get("agent")), "database": build(DatabaseConfig, d.get("database")),
+        })
 
 
 # --------------------------------------------------------------------------- values
@@ -325,6 +348,45 @@ DEFAULT_SCENARIO: dict[str, Any] = {
 }
 
 
+# --------------------------------------------------------------------------- command-line overrides
+
+CLOSED_ONLY = ("users", "loops", "ramp_up", "think_time")  # [load] keys of one model, dropped on switching
+OPEN_ONLY = ("rate", "ramp", "stages")
+FLAG_PATHS = {"workers": "app.workers", "server": "app.server", "python": "app.python", "users": "load.users",
+              "loops": "load.loops", "rate": "load.rate", "duration": "load.duration", "drivers": "load.drivers",
+              "slo_p99": "slo.p99"}
+
+
+def flag_overrides(raw: dict[str, Any], flags: dict[str, Any], env: list[str] | tuple[str, ...] = (),
+                   sets: list[str] | tuple[str, ...] = (), agent: bool = True) -> dict[str, Any]:
+    """Dotted-path overrides for command-line flags (``FLAG_PATHS``' names; None = not given),
+    ``--env KEY=VALUE`` and ``--set PATH=VALUE``. A rate switches a closed scenario to the open
+    model and users/loops an open one to closed: the other model's keys are dropped from ``raw``."""
+    o: dict[str, Any] = {FLAG_PATHS[flag]: value for flag, value in flags.items() if value is not None}
+    if not agent:
+        o["app.agent"] = False
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--env {item!r}: expected KEY=VALUE, e.g. --env LOG_LEVEL=debug")
+        o[f"app.env.{key}"] = value
+    for item in sets:
+        path, sep, value = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. --set load.users=50")
+        o[path] = value
+    load = raw.setdefault("load", {})
+    if flags.get("rate") is not None and load.get("model", "closed") == "closed":
+        o["load.model"] = "open"
+        for key in CLOSED_ONLY:
+            load.pop(key, None)
+    if (flags.get("users") is not None or flags.get("loops") is not None) and load.get("model") == "open":
+        o["load.model"] = "closed"
+        for key in OPEN_ONLY:
+            load.pop(key, None)
+    return o
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -416,7 +478,9 @@ def build_scenario(
         app_kw["python"] = str((base / app_kw["python"]).resolve())
     app = AppConfig(**app_kw)
     if ":" not in app.target:
-        raise r.fail("[app].target", f"expected 'module:attribute', got {app.target!r}; write it like `target = \"main:app\"`")
+        raise r.fail(
+            "[app].target", f"expected 'module:attribute', got {app.target!r}; write it like `target = \"main:app\"`"
+        )
 
     load_raw = dict(raw.get("load") or {})
     load_kw = r.table(load_raw, "[load]", LOAD_FIELDS, extra=("stages",))
@@ -424,7 +488,11 @@ def build_scenario(
     if not isinstance(stages_raw, list):
         raise r.fail("[load].stages", "expected an array of tables; write [[load.stages]] blocks")
     load_kw["stages"] = tuple(
-        Stage(**_require(r, r.table(s, f"[[load.stages]] #{i + 1}", STAGE_FIELDS), f"[[load.stages]] #{i + 1}", STAGE_FIELDS))
+        LoadStep(
+            **_require(
+                r, r.table(s, f"[[load.stages]] #{i + 1}", STAGE_FIELDS), f"[[load.stages]] #{i + 1}", STAGE_FIELDS
+            )
+        )
         for i, s in enumerate(stages_raw)
     )
     load = LoadConfig(**load_kw)
@@ -475,7 +543,12 @@ def _check_load(r: _Reader, load: LoadConfig, given: dict[str, Any]) -> None:
         if not load.loops and not load.duration_s:
             raise r.fail("[load]", 'a closed model needs loops or duration; write `loops = 100` or `duration = "30s"`')
     else:
-        for attr, key in (("users", "users"), ("loops", "loops"), ("ramp_up_s", "ramp_up"), ("think_time_s", "think_time")):
+        for attr, key in (
+            ("users", "users"),
+            ("loops", "loops"),
+            ("ramp_up_s", "ramp_up"),
+            ("think_time_s", "think_time"),
+        ):
             if attr in given:
                 raise r.fail(f"[load].{key}", 'belongs to the closed model; set model = "closed" or remove it')
         if load.stages:

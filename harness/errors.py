@@ -4,6 +4,7 @@ Hierarchy::
 
     HarnessError                 exit 2 unless stated
     ├── ConfigError              bad scenario file, field or flag
+    ├── RecordError              a run directory this version cannot read (newer format, unknown field)
     ├── TargetError              the target cannot be booted or reached
     │   ├── BootError            the app failed to import or start
     │   ├── PortInUseError       the requested port is taken
@@ -24,6 +25,10 @@ class HarnessError(Exception):
 
 
 class ConfigError(HarnessError):
+    pass
+
+
+class RecordError(HarnessError):
     pass
 
 

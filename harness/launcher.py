@@ -1,8 +1,6 @@
-"""Boots the target's server tree on loopback, waits until it answers, and always takes it down.
-
-``Server`` is a context manager: leaving it — normally, on an exception, on Ctrl-C or
-SIGTERM turned into an exception by the runner — terminates the master, waits, then
-kills every process left in the tree and in its process group.
+"""The local target: boots the app's server tree on loopback, waits until it answers, and always
+takes it down (``LocalServer``, a ``target.Target``; leaving it as a context manager — normally,
+on an exception, on Ctrl-C or SIGTERM turned into an exception — stops the whole tree).
 """
 
 from __future__ import annotations
@@ -12,22 +10,21 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import httpx
-import psutil
 
 from harness.config import AgentConfig, AppConfig
 from harness.errors import BootError, ConfigError, PortInUseError
+from harness.processes import spawn, stderr_tail, stop_group, tree_roles
+from harness.target import HOST, Target
 
-HOST = "127.0.0.1"
 AGENT_PACKAGE = "fastapi_harness_agent"
 AGENT_FACTORY = f"{AGENT_PACKAGE}.boot:create_app"
 AGENT_ENV = "FASTAPI_HARNESS_AGENT"
@@ -125,23 +122,15 @@ def agent_options(app: AppConfig, agent: AgentConfig, run_dir: Path) -> dict[str
             "stall_ms": agent.stall_threshold_ms, "hot_hz": agent.hotspot_hz}
 
 
-def stderr_tail(path: Path, lines: int = 12) -> str:
-    """The last lines of a log file, indented for an error message."""
-    try:
-        text = path.read_text(errors="replace").rstrip().splitlines()
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text[-lines:])
-
-
-class Server:
-    """The target's server tree: master plus workers (or one process for a single worker)."""
+class LocalServer(Target):
+    """The target's server tree booted here: master plus workers (or one process for a single worker)."""
 
     def __init__(self, app: AppConfig, run_dir: Path, agent: AgentConfig | None = None,
                  env: dict[str, str] | None = None):
         self.app = app
         self.run_dir = run_dir.resolve()
         self.agent = agent if app.agent else None
+        self.has_agent = self.agent is not None
         self.extra_env = env or {}
         self.port = 0
         self.proc: subprocess.Popen | None = None
@@ -157,22 +146,17 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid if self.proc else 0
 
-    def __enter__(self) -> "Server":
-        try:
-            self.start()
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the server tree (without waiting for it to answer)."""
         app = self.app
         if not Path(app.app_dir).is_dir():
-            raise ConfigError(f"[app] app_dir = {app.app_dir!r} is not a directory; point it at the folder holding your app")
+            raise ConfigError(
+                f"[app] app_dir = {app.app_dir!r} is not a directory; point it at the folder holding your app"
+            )
         python = resolve_python(app)
         if app.port:
             check_port_free(app.port)
@@ -186,12 +170,8 @@ class Server:
             booted = dataclasses.replace(app, target=AGENT_FACTORY, factory=True)
         self.command = server_command(booted, python, self.port)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            # its own session: a terminal Ctrl-C reaches only the harness, which then stops the tree in order
-            self.proc = subprocess.Popen(
-                self.command, cwd=app.app_dir, env=env, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=_fd_limiter(app.fd_limit) if app.fd_limit else None,
-            )
+            self.proc = spawn(self.command, cwd=app.app_dir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                              preexec=_fd_limiter(app.fd_limit) if app.fd_limit else None)
 
     def wait_ready(self) -> None:
         """Return once the app answers on its readiness path with every worker up."""
@@ -203,7 +183,8 @@ class Server:
                 if self.proc and self.proc.poll() is not None:
                     raise BootError(
                         f"the app exited during start-up (code {self.proc.returncode}) running "
-                        f"`{' '.join(self.command)}`; fix the error below and run again:\n{stderr_tail(self.stderr_path)}"
+                        f"`{' '.join(self.command)}`; fix the error below and run "
+                        f"again:\n{stderr_tail(self.stderr_path)}"
                     )
                 if time.monotonic() > deadline:
                     raise BootError(
@@ -213,57 +194,33 @@ class Server:
                     )
                 try:
                     client.get(url)
-                    if len(self.workers()) >= app.workers:
+                    if sum(1 for _, role in self.processes() if role == "worker") >= app.workers:
                         return
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
 
-    def tree(self) -> list[psutil.Process]:
-        """The master and all its descendants alive now."""
-        if not self.proc:
-            return []
-        try:
-            master = psutil.Process(self.proc.pid)
-            return [master, *master.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def workers(self) -> list[psutil.Process]:
-        """Processes that serve requests: the master's children, or the master when it has none."""
-        procs = self.tree()
-        return [p for p in procs[1:] if is_worker(p)] or procs[:1]
+    def processes(self) -> list[tuple[int, str]]:
+        return tree_roles(self.proc.pid) if self.proc else []
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def death_note(self) -> tuple[str, str]:
+        return f"code {self.proc.returncode if self.proc else None}", stderr_tail(self.stderr_path)
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": self.app.server, "workers": self.app.workers, "command": self.command, "pid": self.pid or None,
+                "url": self.url}
+
     def stop(self, grace_s: float = 8.0) -> None:
-        """Terminate the master, wait, then kill whatever is left of the tree and its group."""
+        """SIGTERM to the tree's group, wait, then kill whatever is left of the tree and its group."""
         if not self.proc:
             return
-        procs = self.tree()
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        _, alive = psutil.wait_procs([p for p in procs if p.is_running()], timeout=2.0)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        stop_group(self.proc, grace_s, [pid for pid, _ in self.processes()])
 
 
-def _fd_limiter(limit: int):  # -> Callable[[], None]
+def _fd_limiter(limit: int) -> Callable[[], None]:
     """Lower the server's soft RLIMIT_NOFILE (runs in the child before exec; no threads exist yet)."""
 
     def apply() -> None:
@@ -271,11 +228,3 @@ def _fd_limiter(limit: int):  # -> Callable[[], None]
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
 
     return apply
-
-
-def is_worker(p: psutil.Process) -> bool:
-    """False for helper children (multiprocessing's resource tracker) that serve nothing."""
-    try:
-        return "resource_tracker" not in " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False

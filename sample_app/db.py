@@ -2,7 +2,7 @@
 
 Environment:
     SAMPLE_APP_DATABASE_URL   e.g. postgresql+asyncpg://user@127.0.0.1:5432/app
-                              (default: a SQLite file in the run directory, or the current one)
+                              (default: a SQLite file in the run directory, or in the system's temp dir)
     SAMPLE_APP_POOL_SIZE      pool size (default 5)
     SAMPLE_APP_MAX_OVERFLOW   connections allowed beyond the pool (default 0)
     SAMPLE_APP_POOL_TIMEOUT   seconds to wait for a connection before failing (default 30)
@@ -11,9 +11,11 @@ Environment:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-from sqlalchemy import Integer, String, insert, select, func
+from sqlalchemy import Integer, String, func, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,7 +36,7 @@ def database_url() -> str:
     url = os.environ.get("SAMPLE_APP_DATABASE_URL")
     if url:
         return url
-    folder = Path(os.environ.get("FASTAPI_HARNESS_RUN_DIR") or ".")
+    folder = Path(os.environ.get("FASTAPI_HARNESS_RUN_DIR") or tempfile.gettempdir())
     return f"sqlite+aiosqlite:///{(folder / 'sample_app.db').resolve()}"
 
 
@@ -55,12 +57,14 @@ async def create_schema(engine: AsyncEngine) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(lambda c: Base.metadata.create_all(c, checkfirst=True))
-    except Exception:
-        pass  # another worker created it between the check and the CREATE
+    except (OperationalError, ProgrammingError) as e:
+        if "already exists" not in str(e):
+            raise
+        # another worker created it between the check and the CREATE
     try:
         async with engine.begin() as conn:
             count = (await conn.execute(select(func.count()).select_from(Item))).scalar_one()
             if count == 0:
                 await conn.execute(insert(Item), [{"id": i, "name": f"item-{i}"} for i in range(1, SEED_ROWS + 1)])
-    except Exception:
-        pass  # another worker seeded it first
+    except IntegrityError:
+        pass  # another worker seeded it first (the same rows, by primary key)

@@ -65,7 +65,13 @@ async def blocking() -> dict[str, str]:
 
 
 CATALOG = [
-    {"id": i, "name": f"item-{i}", "price": i * 1.25, "tags": ["a", "b", "c"], "stock": {"warehouse": i % 7, "shop": i % 3}}
+    {
+        "id": i,
+        "name": f"item-{i}",
+        "price": i * 1.25,
+        "tags": ["a", "b", "c"],
+        "stock": {"warehouse": i % 7, "shop": i % 3},
+    }
     for i in range(2000)
 ]
 

@@ -25,7 +25,9 @@ def harness_cmd(*args: str) -> list[str]:
 @contextlib.contextmanager
 def cli_in_background(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen]:
     """The CLI running in the background; killed on the way out if the test did not end it."""
-    proc = subprocess.Popen(harness_cmd(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        harness_cmd(*args), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         yield proc
     finally:

@@ -48,7 +48,9 @@ class Cluster:
         b = bindir()
         self._run(str(b / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=50 -c fsync=off"
-        self._run(str(b / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "start")
+        self._run(
+            str(b / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "start"
+        )
         return self
 
     def stop(self) -> None:

@@ -22,7 +22,9 @@ def error_of(raw: dict) -> str:
     return str(e.value)
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("250ms", 0.25), ("2m", 120), ("1h", 3600), (5, 5), ("1.5s", 1.5)])
+@pytest.mark.parametrize(
+    "text,seconds", [("30s", 30), ("250ms", 0.25), ("2m", 120), ("1h", 3600), (5, 5), ("1.5s", 1.5)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -55,7 +57,9 @@ def test_builtin_default_is_smoke_toml():
 
 
 def test_app_dir_is_relative_to_the_file(tmp_path):
-    (tmp_path / "s.toml").write_text('[app]\ntarget = "m:app"\napp_dir = "src"\n[load]\nusers = 1\nloops = 1\n[[requests]]\npath = "/"\n')
+    (tmp_path / "s.toml").write_text(
+        '[app]\ntarget = "m:app"\napp_dir = "src"\n[load]\nusers = 1\nloops = 1\n[[requests]]\npath = "/"\n'
+    )
     assert load_scenario(tmp_path / "s.toml").app.app_dir == str(tmp_path / "src")
 
 

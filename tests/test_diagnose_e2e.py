@@ -13,6 +13,8 @@ from harness.analysis.stages import stage_from_seconds
 from harness.recording import Recording
 from tests.conftest import APPS, ROOT, harness_cmd
 
+pytestmark = pytest.mark.e2e  # boots servers or runs the CLI as a user does
+
 MAIN = ROOT / "sample_app" / "main.py"
 
 
@@ -47,10 +49,18 @@ def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, s
     if hotspot:
         assert v["hotspot"] == hotspot
     if site:
-        assert (v["call_site"]["file"], v["call_site"]["function"], v["call_site"]["line"]) == (str(MAIN), site[0], line_of(site[1]))
+        assert (v["call_site"]["file"], v["call_site"]["function"], v["call_site"]["line"]) == (
+            str(MAIN),
+            site[0],
+            line_of(site[1]),
+        )
     if scenario == "fast":
+        # /fast's own code is one line: its CPU is the framework's, unless a short hold's few samples
+        # land in that line (the hottest frame is then the app's)
         assert v["hotspot"] in ("framework", "app-code") and "more workers" in v["recommendation"]
-    assert v["summary"].startswith("First bottleneck:") and html.escape(v["summary"]) in (out / "report.html").read_text()
+    assert (
+        v["summary"].startswith("First bottleneck:") and html.escape(v["summary"]) in (out / "report.html").read_text()
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["duration_s"] <= 50  # --max-time
     assert_hold_within_answered(out)
@@ -61,18 +71,20 @@ def assert_hold_within_answered(out: Path) -> None:
     """The profile hold offers no more than the last step answered: a rate the server could not
     keep up with would only queue (and time out) for the whole window."""
     rec = Recording.load(out)
-    stages = [e for e in rec.events if e.get("kind") == "stage"]
-    hold = next((e for e in stages if e["phase"] == "hold"), None)
-    last = [e for e in stages if e["phase"] == "step"][-1]
-    if hold is None or hold["offered_rps"] is None:
+    stages = [e for e in rec.events if e.kind == "stage"]
+    hold = next((e for e in stages if e.phase == "hold"), None)
+    last = [e for e in stages if e.phase == "step"][-1]
+    if hold is None or hold.offered_rps is None:
         return
-    answered = stage_from_seconds(0, last["t_start"], last["t_end"], last["offered_rps"], None, rec.seconds).answered_rps
-    assert hold["offered_rps"] <= round(max(1.0, min(last["offered_rps"], answered)), 2), (hold, last, answered)
+    answered = stage_from_seconds(0, last.t_start, last.t_end, last.offered_rps, None, rec.seconds).answered_rps
+    assert hold.offered_rps <= round(max(1.0, min(last.offered_rps, answered)), 2), (hold, last, answered)
 
 
 def test_health_at_a_load_it_holds_is_none(tmp_path, env):
     out = tmp_path / "run"
-    p = cli(env, "run", str(ROOT / "scenarios" / "health.toml"), "--duration", "6s", "--out", str(out), "--quiet", "--check")
+    p = cli(
+        env, "run", str(ROOT / "scenarios" / "health.toml"), "--duration", "6s", "--out", str(out), "--quiet", "--check"
+    )
     assert p.returncode == 0, p.stderr
     v = verdict_of(out)
     assert v["bottleneck"] == "none" and v["secondary"] == []
@@ -104,6 +116,9 @@ def test_inline_app_from_any_directory(tmp_path, env):
     # the app was found and served the route: no 4xx/5xx or connection errors. Timeouts may occur:
     # the profile hold offers what the last step answered, but both profilers slow the app meanwhile
     assert set(summary["errors"]["by_kind"]) <= {"timeout"}, summary["errors"]
-    assert summary["verdict"]["bottleneck"] in ("cpu-saturated", "none")
+    # a do-nothing endpoint on a shared 2-core host: the worker's CPU is the limit once a knee is
+    # found; a search that ends on its --max-time before one says the app held up to there
+    knee = summary["verdict"]["knee"] or {}
+    assert summary["verdict"]["bottleneck"] == ("cpu-saturated" if "reason" in knee else "none"), summary["verdict"]
     assert summary["duration_s"] <= 25
     assert_hold_within_answered(out)

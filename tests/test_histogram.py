@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.load.histogram import STANDARD_QUANTILES, Histogram, bucket_bounds, bucket_of
+from harness.histogram import STANDARD_QUANTILES, Histogram, bucket_bounds, bucket_of
 
 
 def test_buckets_tile_the_range():
@@ -62,11 +62,21 @@ def _hist(values) -> Histogram:
     return h
 
 
-def test_the_drivers_hot_paths_bucket_like_the_histogram():
+def test_the_four_bucket_functions_are_one_contract():
+    """histogram.bucket_of, the driver's hot path in Python and in C, and the agent's copy (stdlib-only)."""
+    from harness.agent.hist import Histogram as AgentHistogram
     from harness.load import _hotpath, hotpath
 
     rng = np.random.default_rng(7)
-    values = [0, 1, 255, 256, 257, 65_535, 65_536, 2**40, 2**63 - 1, *rng.integers(0, 2**40, 5000).tolist()]
-    assert [_hotpath.bucket_of(v) for v in values] == [bucket_of(v) for v in values]
-    assert hotpath.BUCKET_OF == [bucket_of(v) for v in range(hotpath.FAST_BUCKETS)]
-    assert max(map(bucket_of, values)) < hotpath.HIST_SIZE
+    values = [0, 1, 255, 256, 257, 16_383, 16_384, 65_535, 65_536, 2**40, 2**62,
+              *rng.integers(0, 2**40, 5000).tolist(), *rng.integers(0, 70_000, 5000).tolist()]
+    expected = [bucket_of(v) for v in values]
+    assert [_hotpath.bucket_of(v) for v in values] == expected
+    assert [hotpath.hot_bucket(v) for v in values] == expected
+    agent = []
+    for v in values:
+        h = AgentHistogram()
+        h.record(v)
+        agent.append(h.to_json()["b"][0][0])
+    assert agent == expected
+    assert max(expected) < hotpath.HIST_SIZE

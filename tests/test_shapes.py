@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import LoadConfig, Stage
-from harness.load.shapes import ClosedShape, OpenShape, open_shape
+from harness.config import LoadConfig, LoadStep
+from harness.shapes import ClosedShape, OpenShape, open_shape
 
 
 def test_closed_ramp_is_jmeter_thread_group():
@@ -33,7 +33,7 @@ def test_open_constant_and_ramp():
 
 
 def test_open_stages_are_held_steps():
-    shape = open_shape(LoadConfig(model="open", stages=(Stage(2, 10), Stage(3, 40))))
+    shape = open_shape(LoadConfig(model="open", stages=(LoadStep(2, 10), LoadStep(3, 40))))
     assert shape.duration_s == 5
     assert [shape.at(t) for t in (0, 1.99, 2.0, 4.99)] == [10, 10, 40, 40]
     assert shape.expected_requests() == pytest.approx(20 + 120)

@@ -5,11 +5,13 @@ into the run directory as ``fastapi_harness_agent`` and puts it on the app's pat
 nothing is installed into the app's environment. What the app happens to have (anyio,
 SQLAlchemy, pyinstrument, yappi) is feature-detected.
 
-It shares a stream format with the harness, not code. Each worker PID appends
+It shares a stream format with the harness, not code (the harness reads it with
+``harness.records.agent_record``; a test runs this writer against that reader). Each worker PID appends
 ``agent-<pid>.jsonl`` in the run directory, one JSON object per line, written by the
 agent's own thread at least 10 times a second:
 
-``{"type": "hello", "pid", "t", "python", "versions": {...}, "loop": str, "options": {...}}``
+``{"type": "hello", "pid", "t", "python", "versions": {...}, "loop": str, "hotspots": str, "watchdog": str,
+  "cpu_timer": str, "options": {...}}``
     once, when the worker serves its first ASGI event.
 ``{"type": "tick", "t", "seq", "lag_ms": [float], "inflight": int, "threadpool": {...}|null,
   "pools": [{...}], "gc": {"pause_ms", "collections": [g0, g1, g2]},
@@ -23,12 +25,11 @@ agent's own thread at least 10 times a second:
     by the driver, outside). ``routes`` and ``exceptions`` count the interval before the
     previous one (the loop counts them; the agent's thread reads a tally a tick after
     taking it away from the loop, see ``middleware.RouteStats``).
-``{"type": "stall", "t_start", "duration_ms", "class", "site": {...}|null, "stack": [...],
-  "cpu_share", "samples"}``
+``{"type": "stall", "t_start", "duration_ms", "class", "site": {...}|null, "stack": [...], "samples"}``
     one per event-loop stall longer than the threshold.
 ``{"type": "gap", "lost", "error"}``
     after writes failed for a while: how many records were lost.
-``{"type": "profile", "id", "files": [...], "error": str|null}``
+``{"type": "profile", "id", "seconds", "files": [...], "errors": {profiler: message}}``
     after a profile window asked for through ``agent-control.json``.
 
 Histograms (``hist``) use the harness's log-linear buckets over integer microseconds:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from . import cputimer, probes, stacks
 
 try:
-    from _signal import getsignal as _getsignal  # signal.getsignal wraps this in enums: ≈ 3 µs a call
+    from _signal import getsignal as _getsignal  # signal.getsignal wraps this in enums, on every heartbeat
 except ImportError:  # not CPython
     _getsignal = signal.getsignal
 
@@ -155,11 +155,10 @@ class Agent:
         """Hotspot samples of the threadpool, and the stall watchdog where SIGALRM is not ours:
         one step per call of ``next``, which returns how long it may sleep before the next.
 
-        Every wake-up of the agent's thread takes the GIL from a busy loop (with the loop
-        waiting until that thread is scheduled when every core is busy; the agent's thread costs
-        /fast ≈ 0.6 % of its throughput in benchmarks/agent_overhead.py). So these steps ride the
-        stream's thread and its 10 wake-ups a second while the threadpool is idle (20 while it
-        is busy), and the watchdog is a timer signal (``_on_alarm``) wherever it can be.
+        Every wake-up of the agent's thread takes the GIL from a busy loop (and waits to be
+        scheduled when every core is busy), so these steps ride the stream's thread and its 10
+        wake-ups a second while the threadpool is idle (20 while it is busy), and the watchdog is
+        a timer signal (``_on_alarm``) wherever it can be. What each costs: benchmarks/agent_overhead.md.
 
         As the watchdog, while the heartbeat is late, it samples the loop thread's stack each
         time the lateness doubles; otherwise it sleeps until the moment the current heartbeat
@@ -170,7 +169,9 @@ class Agent:
         stalled_since = 0.0
         # the loop itself is sampled from here only where SIGPROF could not be used
         include_loop = bool(self.hot_interval) and self.cpu_timer.kind == "off"
-        hot_every = (self.hot_interval if include_loop else max(self.hot_interval, POOL_SAMPLE_S)) if self.hot_interval else 0.0
+        hot_every = (
+            (self.hot_interval if include_loop else max(self.hot_interval, POOL_SAMPLE_S)) if self.hot_interval else 0.0
+        )
         hot_due = time.perf_counter() + hot_every
         while True:
             now = time.perf_counter()
@@ -217,8 +218,7 @@ class Agent:
             "type": "stall", "t_start": time.time() - (time.perf_counter() - start),
             "duration_ms": round(duration * 1000, 2), "class": kind,
             "site": {"file": site[0], "line": site[1], "function": site[2]} if site else None,
-            "stack": [list(f) for f in stack[:40]], "cpu_share": round(min(cpu_share, 1.0), 3),
-            "samples": len(samples),
+            "stack": [list(f) for f in stack[:40]], "samples": len(samples),
         }
 
     # ------------------------------------------------------------------ hotspots
@@ -265,7 +265,7 @@ class Agent:
         self.seq += 1
         rec: Dict[str, Any] = {
             "type": "tick", "t": time.time(), "seq": self.seq,
-            "lag_ms": [int(x * 100_000) / 100 if x > 0 else 0.0 for x in lags],  # round(x, 2) costs ≈ 3× this
+            "lag_ms": [int(x * 100_000) / 100 if x > 0 else 0.0 for x in lags],  # round(x, 2), cheaper
             "threadpool": self.threadpool.read(),
             "pools": self.pools.read(),
             "gc": self.gc.read(),

@@ -2,10 +2,10 @@
 
 On Linux, a POSIX timer on the thread's own CPU clock, aimed at that thread (``timer_create``
 with ``SIGEV_THREAD_ID``, through ctypes: the standard library has no binding). Elsewhere,
-or if that fails, the process's ``ITIMER_PROF``. The thread timer is the cheaper of the two:
-an armed process-wide CPU timer makes the kernel keep a CPU clock for the whole process,
-which cost /fast ≈ 1 % of its throughput in benchmarks/agent_overhead.py with every signal
-ignored; and it counts only the loop thread's CPU, which is what the samples are weighted by.
+or if that fails, the process's ``ITIMER_PROF``. The thread timer is the cheaper of the two
+(an armed process-wide CPU timer makes the kernel keep a CPU clock for the whole process;
+benchmarks/agent_overhead.md), and it counts only the loop thread's CPU, which is what the
+samples are weighted by.
 """
 
 from __future__ import annotations

@@ -107,7 +107,10 @@ class ProfileControl:
             with open(f"{stem}-yappi.txt", "w") as f:
                 f.write(f"{'total s':>10} {'self s':>10} {'calls':>8}  function\n")
                 for r in table:
-                    f.write(f"{r['total_s']:10.4f} {r['self_s']:10.4f} {r['calls']:8d}  {r['function']} ({r['file']}:{r['line']})\n")
+                    f.write(
+                        f"{r['total_s']:10.4f} {r['self_s']:10.4f} {r['calls']:8d}  {r['function']} "
+                        f"({r['file']}:{r['line']})\n"
+                    )
             files += [f"{stem}-yappi.json", f"{stem}-yappi.txt"]
         except ImportError:
             pass

@@ -55,14 +55,11 @@ def grab(frame, depth: int = MAX_DEPTH) -> list:  # type: ignore[no-untyped-def]
     """The stack from the innermost frame outwards as it is taken in a signal handler, on the
     loop: code object and last instruction of each frame, flat (``resolve`` makes frames of it).
 
-    A SIGPROF sample runs cold, between two requests' worth of the app's own code: reading
-    line tables, file names and building a tuple per frame there cost ≈ 3× this (and evicted
-    the app's code from the caches); the agent's thread does it later, once per distinct
-    frame position. Each ``f_back`` makes CPython build a frame object for a frame that had
-    none (3.11 and later): a request's coroutines each get one per sample, so hotspot samples
-    stop at ``HOT_DEPTH`` (measured at ≈ 1.7 % of /fast's throughput for ≈ 22 request frames
-    at 50 Hz and ≈ 0.8 % for 12, but within that split's ±0.7 %; sampling at 250 Hz cost no
-    more than 50 Hz, see benchmarks/agent_overhead.md).
+    A SIGPROF sample runs cold, between two requests' worth of the app's own code, so line
+    tables and file names are read later, on the agent's thread, once per distinct frame
+    position. Each ``f_back`` makes CPython build a frame object for a frame that had none
+    (3.11 and later), so hotspot samples stop at ``HOT_DEPTH``. Measured costs:
+    benchmarks/agent_overhead.md.
     """
     out: list = []
     append = out.append

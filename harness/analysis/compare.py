@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.analysis.series import percentile
-from harness.load.histogram import Histogram
+from harness.histogram import Histogram
 from harness.recording import Recording, Second
 
 BOOTSTRAP = 400
+SERVER_ROLES = ("worker", "master")
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def _throughput(secs: Sequence[Second]) -> float:
     return sum(s.outcomes.get("ok", 0) for s in secs) / max(len(secs), 1)
 
 
-def _quantile(q: float):  # -> Callable[[Sequence[Second]], float]
+def _quantile(q: float) -> Callable[[Sequence[Second]], float]:
     def stat(secs: Sequence[Second]) -> float:
         return Histogram.merged(s.hist for s in secs).percentile(q) / 1000
 
@@ -69,7 +70,9 @@ def bootstrap_deltas(a: Recording, b: Recording, seed: int = 7, rounds: int = BO
         changes.sort()
         low = changes[int(0.025 * len(changes))] if changes else 0.0
         high = changes[min(len(changes) - 1, int(0.975 * len(changes)))] if changes else 0.0
-        out.append(Delta(name, round(va, 3), round(vb, 3), round(vb / va - 1, 4) if va else 0.0, round(low, 4), round(high, 4)))
+        out.append(
+            Delta(name, round(va, 3), round(vb, 3), round(vb / va - 1, 4) if va else 0.0, round(low, 4), round(high, 4))
+        )
     return out
 
 
@@ -87,11 +90,11 @@ def regressions(deltas: Sequence[Delta], threshold: float) -> list[str]:
 def comparable(a: Recording, b: Recording) -> str | None:
     """Why two recordings should not be compared (different scenario or machine), or None."""
     sa, sb = a.scenario, b.scenario
-    if sa.get("name") != sb.get("name") or sa.get("requests") != sb.get("requests"):
-        return f"different scenarios ({sa.get('name')!r} vs {sb.get('name')!r}, or different requests)"
-    ma, mb = a.run.get("machine", {}), b.run.get("machine", {})
-    if (ma.get("hostname"), ma.get("cpus")) != (mb.get("hostname"), mb.get("cpus")):
-        return f"different machines ({ma.get('hostname')}/{ma.get('cpus')} CPUs vs {mb.get('hostname')}/{mb.get('cpus')} CPUs)"
+    if sa.name != sb.name or sa.requests != sb.requests:
+        return f"different scenarios ({sa.name!r} vs {sb.name!r}, or different requests)"
+    ma, mb = a.run.machine, b.run.machine
+    if (ma.hostname, ma.cpus) != (mb.hostname, mb.cpus):
+        return f"different machines ({ma.hostname}/{ma.cpus} CPUs vs {mb.hostname}/{mb.cpus} CPUs)"
     return None
 
 
@@ -99,22 +102,22 @@ def server_cpu_seconds(rec: Recording) -> float:
     """CPU-seconds the server processes used during the load (samples integrated over time)."""
     total, last = 0.0, None
     for s in rec.samples:
-        if s["t"] < 0:
+        if s.t < 0:
             continue
-        cpu = sum(p["cpu"] for p in s["procs"] if p["role"] in ("worker", "master"))
+        cpu = sum(p.cpu for p in s.procs if p.role in SERVER_ROLES)
         if last is not None:
-            total += cpu * (s["t"] - last)
-        last = s["t"]
+            total += cpu * (s.t - last)
+        last = s.t
     return total
 
 
 def peak_server_rss_mb(rec: Recording) -> float:
-    return max((sum(p["rss_mb"] for p in s["procs"] if p["role"] in ("worker", "master")) for s in rec.samples), default=0.0)
+    return max((sum(p.rss_mb for p in s.procs if p.role in SERVER_ROLES) for s in rec.samples), default=0.0)
 
 
 def host_busy_share(rec: Recording) -> float:
     """The host's median CPU use (0..1) while load ran: near 1, the shared host was the limit."""
-    busy = [sum(s["host_cpu"]) / len(s["host_cpu"]) for s in rec.samples if s["t"] >= 0 and s.get("host_cpu")]
+    busy = [sum(s.host_cpu) / len(s.host_cpu) for s in rec.samples if s.t >= 0 and s.host_cpu]
     return percentile(busy, 0.5)
 
 
@@ -147,10 +150,10 @@ def _stage_at_load(rec: Recording, load: float) -> Any:
 
 def sustainable_rps(summary: dict[str, Any], rec: Recording, mode: str) -> float | None:
     """The most req/s the configuration held within its SLO."""
-    slo = rec.scenario.get("slo", {})
+    slo = rec.scenario.slo
     if mode == "fixed":
-        held = not (slo.get("p99_ms") and summary["latency_ms"]["p99"] > slo["p99_ms"])
-        held = held and summary["errors"]["rate"] <= max(slo.get("error_rate", 0.0), 0.01)
+        held = not (slo.p99_ms and summary["latency_ms"]["p99"] > slo.p99_ms)
+        held = held and summary["errors"]["rate"] <= max(slo.error_rate, 0.01)
         return summary["throughput_rps"] if held else None
     knee = (summary.get("verdict") or {}).get("knee") or {}
     if knee.get("last_good_rps"):
@@ -170,23 +173,38 @@ def matrix_table(record: dict[str, Any], load: Any, cores: int) -> dict[str, Any
         runs = [r for r in record["runs"] if r["label"] == cfg["label"]]
         done = [r for r in runs if "summary" in r]
         if not done:
-            rows.append({"label": cfg["label"], "overrides": cfg["overrides"], "status": "failed" if runs else "not run",
-                         "error": next((r.get("error") for r in runs if r.get("error")), None)})
+            rows.append(
+                {
+                    "label": cfg["label"],
+                    "overrides": cfg["overrides"],
+                    "status": "failed" if runs else "not run",
+                    "error": next((r.get("error") for r in runs if r.get("error")), None),
+                }
+            )
             continue
         pairs = [(r["summary"], load(r["dir"])) for r in done]
         recs[cfg["label"]] = pairs
         sustained = [x for x in (sustainable_rps(s, rec, mode) for s, rec in pairs) if x is not None]
         verdicts = [(s.get("verdict") or {}) for s, _ in pairs]
-        rows.append({
-            "label": cfg["label"], "overrides": cfg["overrides"], "status": "ok", "runs": len(done),
-            "max_rps": round(sum(sustained) / len(sustained), 1) if sustained else None,
-            "max_rps_runs": [round(x, 1) for x in sustained], "spread_rps": round(spread(sustained), 1),
-            "cpu_s_per_1k": round(sum(server_cpu_seconds(rec) / max(s["requests"], 1) * 1000 for s, rec in pairs) / len(pairs), 3),
-            "peak_rss_mb": round(max(peak_server_rss_mb(rec) for _, rec in pairs), 1),
-            "host_busy": round(max(host_busy_share(rec) for _, rec in pairs), 3),
-            "bottleneck": verdicts[0].get("bottleneck"), "call_site": verdicts[0].get("call_site"),
-            "hotspot": verdicts[0].get("hotspot"),
-        })
+        rows.append(
+            {
+                "label": cfg["label"],
+                "overrides": cfg["overrides"],
+                "status": "ok",
+                "runs": len(done),
+                "max_rps": round(sum(sustained) / len(sustained), 1) if sustained else None,
+                "max_rps_runs": [round(x, 1) for x in sustained],
+                "spread_rps": round(spread(sustained), 1),
+                "cpu_s_per_1k": round(
+                    sum(server_cpu_seconds(rec) / max(s["requests"], 1) * 1000 for s, rec in pairs) / len(pairs), 3
+                ),
+                "peak_rss_mb": round(max(peak_server_rss_mb(rec) for _, rec in pairs), 1),
+                "host_busy": round(max(host_busy_share(rec) for _, rec in pairs), 3),
+                "bottleneck": verdicts[0].get("bottleneck"),
+                "call_site": verdicts[0].get("call_site"),
+                "hotspot": verdicts[0].get("hotspot"),
+            }
+        )
     held = [r["max_rps"] for r in rows if r.get("max_rps")]
     common = min(held) if held else None
     for row in rows:
@@ -229,11 +247,15 @@ def recommend(rows: list[dict[str, Any]], cores: int) -> str:
     if tied:
         cheapest = min([best, *tied], key=lambda r: (r["cpu_s_per_1k"], r["label"]))
         within = ", ".join(r["label"] for r in [best, *tied])
-        text = (f"{within} are within the noise of each other ({best['max_rps']:,.0f} req/s ± {best['spread_rps']:,.0f}); "
-                f"{cheapest['label']} costs the least CPU per request ({cheapest['cpu_s_per_1k']} CPU-s per 1,000).")
+        text = (
+            f"{within} are within the noise of each other ({best['max_rps']:,.0f} req/s ± {best['spread_rps']:,.0f}); "
+            f"{cheapest['label']} costs the least CPU per request ({cheapest['cpu_s_per_1k']} CPU-s per 1,000)."
+        )
         if host_limited:
-            text += (f" The host's {cores} cores were {best['host_busy']:.0%} busy (server and load generator share them): "
-                     "beyond this point more workers cannot help on this machine.")
+            text += (
+                f" The host's {cores} cores were {best['host_busy']:.0%} busy (server and load generator share them): "
+                "beyond this point more workers cannot help on this machine."
+            )
         return text
     text = f"{best['label']}: {best['max_rps']:,.0f} req/s sustained within the SLO"
     if "efficiency" in best and best.get("efficiency") is not None:
@@ -242,5 +264,7 @@ def recommend(rows: list[dict[str, Any]], cores: int) -> str:
             text += (f", {best['max_rps'] / base['max_rps']:.1f}× the throughput of {base['overrides']['app.workers']} "
                      f"worker(s) at {best['efficiency']:.2f} efficiency")
     if host_limited:
-        text += f"; the host's {cores} cores were {best['host_busy']:.0%} busy — more workers cannot help on this machine"
+        text += (
+            f"; the host's {cores} cores were {best['host_busy']:.0%} busy — more workers cannot help on this machine"
+        )
     return text + "."

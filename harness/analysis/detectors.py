@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import importlib
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.analysis import inside
+from harness.analysis.findings import CallSite, Finding
 from harness.analysis.knee import Knee
 from harness.analysis.stages import Stage, Timeline, stage_at, sustained_onset
-from harness.load.histogram import Histogram
+from harness.errors import ConfigError
+from harness.histogram import Histogram
 from harness.recording import Recording
 
 CAUSAL_ORDER = ("load-generator-saturated", "event-loop-blocked", "cpu-saturated", "threadpool-exhausted",
@@ -34,27 +36,6 @@ POOL_WAIT_MS = 10.0  # acquire-time p99 that means requests queue for connection
 ERROR_RATE = 0.01
 MEMORY_SLOPE_MB_S = 0.5
 MEMORY_MIN_SECONDS = 8
-
-
-@dataclass(frozen=True)
-class Finding:
-    kind: str
-    onset_t: float | None
-    rule: str
-    recommendation: str
-    confidence: float
-    evidence: tuple[str, ...] = ()
-    summary: str = ""
-    call_site: dict[str, Any] | None = None
-    hotspot: str | None = None
-    share: float | None = None
-    onset_offered_rps: float | None = None
-    onset_users: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["evidence"] = list(self.evidence)
-        return d
 
 
 @dataclass(frozen=True)
@@ -80,8 +61,8 @@ def _finding(ctx: Context, kind: str, onset: float | None, **kw: Any) -> Finding
                    onset_users=stage.users if stage else None, **kw)
 
 
-def _site(file: str | None, line: int | None, function: str | None) -> dict[str, Any] | None:
-    return {"file": file, "line": int(line or 0), "function": function} if file else None
+def _site(file: str | None, line: int | None, function: str | None) -> CallSite | None:
+    return CallSite(file, int(line or 0), function or "") if file else None
 
 
 def _mean_over(series: dict[int, float], start: float | None) -> float:
@@ -96,11 +77,18 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
     tl = ctx.tl
     onset = sustained_onset(tl.driver_cpu, lambda v: v >= DRIVER_BUSY)
     if onset is not None:
-        return [_finding(ctx, "load-generator-saturated", onset,
-                         rule=f"a driver process used ≥ {DRIVER_BUSY:.0%} of its core from t={onset}s "
-                              f"(peak {max(tl.driver_cpu.values()):.2f})",
-                         recommendation="give the load generator more cores (--drivers N) or run it on another machine; "
-                                        "this run says nothing about the app", confidence=0.9)]
+        return [
+            _finding(
+                ctx,
+                "load-generator-saturated",
+                onset,
+                rule=f"a driver process used ≥ {DRIVER_BUSY:.0%} of its core from t={onset}s "
+                f"(peak {max(tl.driver_cpu.values()):.2f})",
+                recommendation="give the load generator more cores (--drivers N) or run it on another machine; "
+                "this run says nothing about the app",
+                confidence=0.9,
+            )
+        ]
     secs = ctx.rec.seconds
     sent, late = sum(s.sent for s in secs), sum(s.late for s in secs)
     dropped = sum(s.dropped for s in secs)
@@ -125,7 +113,12 @@ def _server_idle(ctx: Context) -> str:
     lag = max(ctx.tl.lag_p99_ms.values(), default=0.0)
     tp = [pt for pts in inside.threadpool(ctx.rec).values() for pt in pts]
     pools = [p for pts in inside.pools(ctx.rec).values() for p in pts]
-    if cpu >= 0.5 or lag >= LOOP_BLOCKED_MS or any(b >= t and w for _, t, b, w in tp) or any(p.checked_out >= p.capacity for p in pools):
+    if (
+        cpu >= 0.5
+        or lag >= LOOP_BLOCKED_MS
+        or any(b >= t and w for _, t, b, w in tp)
+        or any(p.checked_out >= p.capacity for p in pools)
+    ):
         return ""
     return f"worker CPU ≤ {cpu:.2f} cores, loop lag p99 ≤ {lag:.0f} ms, no pool or threadpool full"
 
@@ -146,19 +139,31 @@ def detect_event_loop_blocked(ctx: Context) -> list[Finding]:
     lag = max(tl.lag_p99_ms.values())
     site = _site(*top.site) if top and top.site else None
     where = f"`{top.site[2]}()` at {top.site[0]}:{top.site[1]}" if top and top.site else "code the agent could not see"
-    return [_finding(
-        ctx, "event-loop-blocked", onset,
-        rule=f"loop lag p99 ≥ {LOOP_BLOCKED_MS:.0f} ms from t={onset}s (worst {lag:.0f} ms) while the busiest "
-             f"worker used {cpu:.2f} cores",
-        evidence=tuple(f"{s.count} stalls, {s.total_ms:.0f} ms ({s.share:.0%} of stalled time) in {s.site[2]}() at "
-                       f"{s.site[0]}:{s.site[1]} [{s.kind}]" for s in sites[:3]),
-        call_site=site, share=top.share if top else None,
-        summary=f"the event loop is blocked by {where}" + (f" — {top.share:.0%} of stalled time" if top else ""),
-        recommendation=(f"the call at {top.site[0]}:{top.site[1]} blocks the loop: use its async form "
-                        "(e.g. `await asyncio.sleep`, an async client or driver), or run it in a thread with "
-                        "`await anyio.to_thread.run_sync(...)` (or make the endpoint a plain `def`)" if top and top.site else
-                        "something blocks the loop: profile it (diagnose mode profiles at the knee)"),
-        confidence=0.9 if top and top.share >= 0.5 else 0.6)]
+    return [
+        _finding(
+            ctx,
+            "event-loop-blocked",
+            onset,
+            rule=f"loop lag p99 ≥ {LOOP_BLOCKED_MS:.0f} ms from t={onset}s (worst {lag:.0f} ms) while the busiest "
+            f"worker used {cpu:.2f} cores",
+            evidence=tuple(
+                f"{s.count} stalls, {s.total_ms:.0f} ms ({s.share:.0%} of stalled time) in {s.site[2]}() at "
+                f"{s.site[0]}:{s.site[1]} [{s.kind}]"
+                for s in sites[:3]
+            ),
+            call_site=site,
+            share=top.share if top else None,
+            summary=f"the event loop is blocked by {where}" + (f" — {top.share:.0%} of stalled time" if top else ""),
+            recommendation=(
+                f"the call at {top.site[0]}:{top.site[1]} blocks the loop: use its async form "
+                "(e.g. `await asyncio.sleep`, an async client or driver), or run it in a thread with "
+                "`await anyio.to_thread.run_sync(...)` (or make the endpoint a plain `def`)"
+                if top and top.site
+                else "something blocks the loop: profile it (diagnose mode profiles at the knee)"
+            ),
+            confidence=0.9 if top and top.share >= 0.5 else 0.6,
+        )
+    ]
 
 
 HOTSPOT_ADVICE = {
@@ -199,19 +204,30 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
         scale = (f"this host has {ctx.cores} cores and the app runs {ctx.workers} worker(s): run more workers "
                  f"(e.g. --workers {ctx.cores})")
     else:
-        scale = f"every core of this host is in use ({ctx.workers} workers on {ctx.cores} cores): more workers cannot help here"
+        scale = (f"every core of this host is in use ({ctx.workers} workers on {ctx.cores} cores): "
+                 "more workers cannot help here")
     advice = HOTSPOT_ADVICE.get(hotspot or "", "")
-    return [_finding(
-        ctx, "cpu-saturated", start,
-        rule=(f"the busiest worker used ≥ {WORKER_BUSY:.0%} of a core from t={onset}s (peak {cpu:.2f})" if onset is not None
-              else f"the host's cores were ≥ {HOST_BUSY:.0%} busy from t={host_onset}s"),
-        evidence=tuple(f"{k}: {v:.0%} of the loop's busy CPU" for k, v in list(shares.items())[:4])
-                 + ((f"top frame: {frame[1]} ({frame[2]:.0f} ms)",) if frame else ()),
-        hotspot=hotspot, call_site=site, share=shares.get(hotspot or "") if hotspot else None,
-        summary=f"worker CPU is saturated{f', mostly {hotspot}' if hotspot else ''}"
-                + (f" in `{site['function']}()` at {site['file']}:{site['line']}" if site else ""),
-        recommendation="; ".join(x for x in (advice, scale) if x),
-        confidence=0.85 if hotspot else 0.7)]
+    return [
+        _finding(
+            ctx,
+            "cpu-saturated",
+            start,
+            rule=(
+                f"the busiest worker used ≥ {WORKER_BUSY:.0%} of a core from t={onset}s (peak {cpu:.2f})"
+                if onset is not None
+                else f"the host's cores were ≥ {HOST_BUSY:.0%} busy from t={host_onset}s"
+            ),
+            evidence=tuple(f"{k}: {v:.0%} of the loop's busy CPU" for k, v in list(shares.items())[:4])
+            + ((f"top frame: {frame[1]} ({frame[2]:.0f} ms)",) if frame else ()),
+            hotspot=hotspot,
+            call_site=site,
+            share=shares.get(hotspot or "") if hotspot else None,
+            summary=f"worker CPU is saturated{f', mostly {hotspot}' if hotspot else ''}"
+            + (f" in `{site.function}()` at {site}" if site else ""),
+            recommendation="; ".join(x for x in (advice, scale) if x),
+            confidence=0.85 if hotspot else 0.7,
+        )
+    ]
 
 
 def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
@@ -231,16 +247,22 @@ def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
         where, _, func = top[0][1].rpartition(" ")
         path, _, line = where.rpartition(":")
         site = _site(path, int(line) if line.isdigit() else 0, func)
-    return [_finding(
-        ctx, "threadpool-exhausted", onset,
-        rule=f"all {total} of anyio's worker-thread tokens were borrowed with tasks waiting from t={onset}s "
-             f"(up to {waiting_max} waiting)",
-        call_site=site,
-        summary=f"sync endpoints queue for anyio's {total} worker threads"
-                + (f"; the threads sit in `{site['function']}()` at {site['file']}:{site['line']}" if site else ""),
-        recommendation=f"make the blocking `def` endpoint async with non-blocking I/O, or raise the limit at startup "
-                       f"(`anyio.to_thread.current_default_thread_limiter().total_tokens = {total * 2}`), or add workers",
-        confidence=0.9)]
+    return [
+        _finding(
+            ctx,
+            "threadpool-exhausted",
+            onset,
+            rule=f"all {total} of anyio's worker-thread tokens were borrowed with tasks waiting from t={onset}s "
+            f"(up to {waiting_max} waiting)",
+            call_site=site,
+            summary=f"sync endpoints queue for anyio's {total} worker threads"
+            + (f"; the threads sit in `{site.function}()` at {site}" if site else ""),
+            recommendation="make the blocking `def` endpoint async with non-blocking I/O, or raise the limit at "
+                           "startup "
+            f"(`anyio.to_thread.current_default_thread_limiter().total_tokens = {total * 2}`), or add workers",
+            confidence=0.9,
+        )
+    ]
 
 
 def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
@@ -259,43 +281,58 @@ def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
             cap = max(cap, p.capacity)
     wait_p99 = {t: h.percentile(0.99) / 1000 for t, h in waits.items() if h.count}
     onset = sustained_onset(ctx.steady(full), lambda v: v >= 1.0)
-    if onset is None or (max((v for t, v in wait_p99.items() if t >= onset), default=0.0) < POOL_WAIT_MS and not timeouts):
+    if onset is None or (
+        max((v for t, v in wait_p99.items() if t >= onset), default=0.0) < POOL_WAIT_MS and not timeouts
+    ):
         return []
     after = Histogram.merged(h for t, h in waits.items() if t >= onset)
     wait_mean_ms = _hist_mean_ms(after)
     served = inside.routes(ctx.rec)
-    server_ms = sum(_hist_mean_ms(r["hist"]) * r["n"] for r in served.values()) / max(1, sum(r["n"] for r in served.values()))
+    server_ms = sum(_hist_mean_ms(r.hist) * r.n for r in served.values()) / max(1, sum(r.n for r in served.values()))
     share = wait_mean_ms / server_ms if server_ms else None
     evidence = [f"acquire wait p99 {after.percentile(0.99) / 1000:.0f} ms after t={onset}s"]
     if share is not None:
-        evidence.append(f"waiting for a connection is {min(share, 1):.0%} of server-side latency ({wait_mean_ms:.0f} of {server_ms:.0f} ms)")
+        evidence.append(
+            f"waiting for a connection is {min(share, 1):.0%} of server-side latency ({wait_mean_ms:.0f} of "
+            f"{server_ms:.0f} ms)"
+        )
     if timeouts:
-        evidence.append(f"{timeouts} pool timeouts (QueuePool limit reached)")
+        wait = next((p.timeout_s for pts in pools.values() for p in pts if p.timeout_s), None)
+        evidence.append(f"{timeouts} pool timeouts (QueuePool limit reached"
+                        + (f" after waiting {wait:g} s)" if wait else ")"))
     evidence.append(_database_busy(ctx))
     (pid, pool_id), pts = next(iter(pools.items()))
-    return [_finding(
-        ctx, "db-pool-exhausted", onset,
-        rule=f"checked-out connections reached size + overflow = {cap} from t={onset}s and acquire waits grew",
-        evidence=tuple(evidence), share=round(min(share, 1.0), 3) if share is not None else None,
-        summary=f"requests queue for a DB connection: the pool ({pts[-1].size} + {pts[-1].max_overflow} overflow) is always checked out",
-        recommendation=f"raise pool_size/max_overflow (now {pts[-1].size}+{pts[-1].max_overflow}) within what the database "
-                       "accepts, and hold connections for less time (do not keep one checked out across unrelated awaits)",
-        confidence=0.9)]
+    return [
+        _finding(
+            ctx,
+            "db-pool-exhausted",
+            onset,
+            rule=f"checked-out connections reached size + overflow = {cap} from t={onset}s and acquire waits grew",
+            evidence=tuple(evidence),
+            share=round(min(share, 1.0), 3) if share is not None else None,
+            summary=f"requests queue for a DB connection: the pool ({pts[-1].size} + {pts[-1].max_overflow} overflow) "
+                    "is always checked out",
+            recommendation=f"raise pool_size/max_overflow (now {pts[-1].size}+{pts[-1].max_overflow}) within what the "
+                           "database "
+            "accepts, and hold connections for less time (do not keep one checked out across unrelated awaits)",
+            confidence=0.9,
+        )
+    ]
 
 
 def _database_busy(ctx: Context) -> str:
-    pg = [r for r in ctx.rec.db if r.get("kind") == "postgres"]
+    pg = [r for r in ctx.rec.db if r.kind == "postgres"]
     if pg:
-        peak = max(pg, key=lambda r: r["total"])
-        active = max(r["states"].get("active", 0) for r in pg)
-        busy = peak["total"] >= 0.9 * peak["max_connections"]
-        return (f"PostgreSQL {'was' if busy else 'was not'} the limit: at most {peak['total']} of "
-                f"{peak['max_connections']} connections, {active} active at once")
+        peak = max(pg, key=lambda r: r.total)
+        active = max(r.states.get("active", 0) for r in pg)
+        busy = peak.total >= 0.9 * peak.max_connections
+        return (f"PostgreSQL {'was' if busy else 'was not'} the limit: at most {peak.total} of "
+                f"{peak.max_connections} connections, {active} active at once")
     return "the database server was not watched ([database] url unset); SQLite runs inside the worker"
 
 
 def _hist_mean_ms(h: Histogram) -> float:
-    from harness.load.histogram import bucket_value
+    from harness.histogram import bucket_value
 
     n = h.count
     return sum(bucket_value(b) * c for b, c in h.counts.items()) / n / 1000 if n else 0.0
@@ -388,16 +425,24 @@ BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {
 
 
 def load_detector(spec: str) -> Callable[[Context], list[Finding]]:
-    """A built-in detector by kind, or ``package.module:function`` for your own."""
+    """A built-in detector by kind, or ``package.module:function`` for your own (a ConfigError when it
+    cannot be loaded; what it raises when it runs is not caught here)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
     module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"--detector {spec}: {e}; give an importable package.module:function") from None
+    if not callable(found):
+        raise ConfigError(f"--detector {spec}: {attr!r} is not a function; give an importable package.module:function")
+    return found
 
 
 def run_detectors(ctx: Context, extra: tuple[str, ...] = ()) -> list[Finding]:
     """Every detector's findings, in causal order."""
+    detectors = [load_detector(spec) for spec in (*CAUSAL_ORDER, *extra)]
     out: list[Finding] = []
-    for spec in (*CAUSAL_ORDER, *extra):
-        out += load_detector(spec)(ctx)
+    for detect in detectors:
+        out += detect(ctx)
     return out

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, TypeVar
 
 from harness.analysis.series import percentile, role_pids
-from harness.load.histogram import Histogram
+from harness.histogram import Histogram
 from harness.recording import Recording
+from harness.records import AgentGap, AgentProfile, AgentStall, AgentTick, Site
 
-Site = tuple[str, int, str]  # (file, line, function)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -49,25 +50,26 @@ class PoolPoint:
     timeouts: int
     hold_ms: float
     returns: int
+    timeout_s: float | None = None
 
     @property
     def capacity(self) -> int:
         return self.size + max(self.max_overflow, 0)
 
 
-def records(rec: Recording, kind: str) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(pid, record) for every agent record of ``kind``."""
+def records(rec: Recording, kind: type[R]) -> Iterable[tuple[int, R]]:
+    """(pid, record) for every agent record of type ``kind``."""
     for pid, rows in rec.agents.items():
         for r in rows:
-            if r.get("type") == kind:
+            if isinstance(r, kind):
                 yield pid, r
 
 
 def loop_lag(rec: Recording) -> dict[int, list[tuple[int, float, float, float]]]:
     """Per worker: (second, p50, p99, max) of event-loop lag in ms."""
     bins: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for pid, r in records(rec, "tick"):
-        bins[pid][math.floor(r["t"] - rec.t0)].extend(r.get("lag_ms", ()))
+    for pid, r in records(rec, AgentTick):
+        bins[pid][math.floor(r.t - rec.t0)].extend(r.lag_ms)
     return {
         pid: [(t, percentile(v, 0.5), percentile(v, 0.99), max(v)) for t, v in sorted(by_t.items()) if v]
         for pid, by_t in bins.items()
@@ -77,13 +79,9 @@ def loop_lag(rec: Recording) -> dict[int, list[tuple[int, float, float, float]]]
 def stalls(rec: Recording) -> list[Stall]:
     """Every stall the watchdogs reported, in time order."""
     out = []
-    for pid, r in records(rec, "stall"):
-        site = r.get("site")
-        out.append(Stall(
-            pid=pid, t=r["t_start"] - rec.t0, duration_ms=float(r["duration_ms"]), kind=r.get("class", ""),
-            site=(site["file"], int(site["line"]), site["function"]) if site else None,
-            stack=tuple((f[0], int(f[1] or 0), f[2]) for f in r.get("stack", ())),
-        ))
+    for pid, r in records(rec, AgentStall):
+        out.append(Stall(pid=pid, t=r.t_start - rec.t0, duration_ms=r.duration_ms, kind=r.kind, site=r.site,
+                         stack=r.stack))
     return sorted(out, key=lambda s: s.t)
 
 
@@ -111,10 +109,10 @@ def hotspots(rec: Recording, window: tuple[float, float] | None = None,
     lo, hi = window if window else (-math.inf, math.inf)
     cats: Counter[str] = Counter()
     frames: Counter[str] = Counter()
-    for _, r in records(rec, "tick"):
-        if lo <= r["t"] - rec.t0 < hi:
-            cats.update(r.get(f"{source}_ms", {}))
-            frames.update(r.get(f"{source}_frames_ms", {}))
+    for _, r in records(rec, AgentTick):
+        if lo <= r.t - rec.t0 < hi:
+            cats.update(r.hot_ms if source == "hot" else r.pool_ms)
+            frames.update(r.hot_frames_ms if source == "hot" else r.pool_frames_ms)
     top = [(key.split("|", 1)[0], key.split("|", 1)[1], round(ms, 1)) for key, ms in frames.most_common(20)]
     return dict(cats), top
 
@@ -129,25 +127,24 @@ def busy_shares(categories: dict[str, float]) -> dict[str, float]:
 def threadpool(rec: Recording) -> dict[int, list[tuple[float, int, int, int]]]:
     """Per worker: (t, total tokens, borrowed, tasks waiting) from anyio's default limiter."""
     out: dict[int, list[tuple[float, int, int, int]]] = defaultdict(list)
-    for pid, r in records(rec, "tick"):
-        tp = r.get("threadpool")
+    for pid, r in records(rec, AgentTick):
+        tp = r.threadpool
         if tp:
-            out[pid].append((r["t"] - rec.t0, int(tp["total"]), int(tp["borrowed"]), int(tp.get("waiting") or 0)))
+            out[pid].append((r.t - rec.t0, tp.total, tp.borrowed, tp.waiting))
     return dict(out)
 
 
 def pools(rec: Recording) -> dict[tuple[int, str], list[PoolPoint]]:
     """Per (worker, pool): its gauges and acquire-time histogram each agent tick."""
     out: dict[tuple[int, str], list[PoolPoint]] = defaultdict(list)
-    for pid, r in records(rec, "tick"):
-        for p in r.get("pools", ()):
-            if "size" not in p:
+    for pid, r in records(rec, AgentTick):
+        for p in r.pools:
+            if p.size is None or p.checked_out is None:
                 continue
-            out[(pid, p["id"])].append(PoolPoint(
-                t=r["t"] - rec.t0, size=int(p["size"]), checked_out=int(p["checked_out"]),
-                overflow=int(p.get("overflow", 0)), max_overflow=int(p.get("max_overflow", 0)),
-                acquire=Histogram.from_json(p.get("acquire")), timeouts=int(p.get("timeouts", 0)),
-                hold_ms=float(p.get("hold_ms", 0.0)), returns=int(p.get("returns", 0)),
+            out[(pid, p.id)].append(PoolPoint(
+                t=r.t - rec.t0, size=p.size, checked_out=p.checked_out, overflow=p.overflow or 0,
+                max_overflow=p.max_overflow or 0, acquire=p.acquire, timeouts=p.timeouts, hold_ms=p.hold_ms,
+                returns=p.returns, timeout_s=p.timeout_s,
             ))
     return dict(out)
 
@@ -155,28 +152,35 @@ def pools(rec: Recording) -> dict[tuple[int, str], list[PoolPoint]]:
 def gc_pause_ms(rec: Recording) -> dict[int, float]:
     """GC pause time per second, all workers together (ms)."""
     out: dict[int, float] = defaultdict(float)
-    for _, r in records(rec, "tick"):
-        out[math.floor(r["t"] - rec.t0)] += r.get("gc", {}).get("pause_ms", 0.0)
+    for _, r in records(rec, AgentTick):
+        out[math.floor(r.t - rec.t0)] += r.gc_pause_ms
     return dict(sorted(out.items()))
 
 
-def routes(rec: Recording) -> dict[str, dict[str, Any]]:
+@dataclass
+class RouteTotals:
+    n: int = 0
+    errors: int = 0
+    hist: Histogram = field(default_factory=Histogram)
+
+
+def routes(rec: Recording) -> dict[str, RouteTotals]:
     """Server-side count, errors and latency histogram per route, over the whole run."""
     out: dict[str, dict[str, Any]] = {}
-    for _, r in records(rec, "tick"):
-        for route, st in r.get("routes", {}).items():
-            entry = out.setdefault(route, {"n": 0, "errors": 0, "hist": Histogram()})
-            entry["n"] += st["n"]
-            entry["errors"] += st["errors"]
-            entry["hist"].merge(Histogram.from_json(st.get("hist")))
+    for _, r in records(rec, AgentTick):
+        for route, st in r.routes.items():
+            entry = out.setdefault(route, RouteTotals())
+            entry.n += st.n
+            entry.errors += st.errors
+            entry.hist.merge(st.hist)
     return out
 
 
 def exceptions(rec: Recording) -> dict[str, dict[str, int]]:
     """Exceptions raised through the app, by route and type."""
     out: dict[str, Counter[str]] = defaultdict(Counter)
-    for _, r in records(rec, "tick"):
-        for route, by_type in r.get("exceptions", {}).items():
+    for _, r in records(rec, AgentTick):
+        for route, by_type in r.exceptions.items():
             out[route].update(by_type)
     return {k: dict(v) for k, v in out.items()}
 
@@ -184,15 +188,16 @@ def exceptions(rec: Recording) -> dict[str, dict[str, int]]:
 def coverage(rec: Recording) -> dict[str, Any]:
     """Which workers streamed, which sampled workers did not, and the gaps agents reported."""
     workers = role_pids(rec, "worker")
-    streams = sorted(pid for pid, rows in rec.agents.items() if any(r.get("type") == "tick" for r in rows))
+    streams = sorted(pid for pid, rows in rec.agents.items() if any(isinstance(r, AgentTick) for r in rows))
     return {
-        "enabled": bool(rec.scenario.get("app", {}).get("agent", True)) and not rec.scenario.get("url"),
+        "enabled": rec.scenario.app.agent and not rec.scenario.url,
         "streams": streams,
         "missing": [pid for pid in workers if pid not in rec.agents],
-        "gaps": [{"pid": pid, "lost": r.get("lost", 0), "error": r.get("error", "")} for pid, r in records(rec, "gap")],
+        "gaps": [{"pid": pid, "lost": r.lost, "error": r.error} for pid, r in records(rec, AgentGap)],
     }
 
 
 def profiles(rec: Recording) -> list[dict[str, Any]]:
     """Profile windows the workers completed, with their files."""
-    return [{"pid": pid, **r} for pid, r in records(rec, "profile")]
+    return [{"pid": pid, "type": "profile", "id": r.id, "seconds": r.seconds, "files": list(r.files),
+             "errors": dict(r.errors)} for pid, r in records(rec, AgentProfile)]

@@ -57,7 +57,8 @@ def _tail(s: Stage) -> float:
 def past_knee(stage: Stage, baseline_ms: float, slo_p99_ms: float = 0.0, slo_errors: float = 0.0) -> str | None:
     """Why ``stage`` is past the knee, or None when it held."""
     if stage.offered_rps and stage.achieved_rps < FOLLOW * stage.offered_rps:
-        return f"achieved {stage.achieved_rps:.0f} req/s of {stage.offered_rps:.0f} offered ({stage.achieved_rps / stage.offered_rps:.0%})"
+        share = stage.achieved_rps / stage.offered_rps
+        return f"achieved {stage.achieved_rps:.0f} req/s of {stage.offered_rps:.0f} offered ({share:.0%})"
     tail = _tail(stage)
     if tail >= LATENCY_RISE * baseline_ms and tail - baseline_ms >= LATENCY_FLOOR_MS:
         return f"p99 {tail:.1f} ms against a baseline of {baseline_ms:.1f} ms"

@@ -30,17 +30,19 @@ def load_window(rec: Recording) -> tuple[float, float]:
     return 0.0, secs[-1].t + secs[-1].span
 
 
-def proc_series(rec: Recording, role: str, metric: str, window: tuple[float, float] | None = None) -> dict[int, list[tuple[int, float]]]:
+def proc_series(
+    rec: Recording, role: str, metric: str, window: tuple[float, float] | None = None
+) -> dict[int, list[tuple[int, float]]]:
     """Per process of ``role``: (second, mean of ``metric`` over that second) for each second sampled."""
     lo, hi = window if window else (-math.inf, math.inf)
     bins: dict[int, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in rec.samples:
-        t = s["t"]
-        if not lo <= t < hi:
+        if not lo <= s.t < hi:
             continue
-        for p in s["procs"]:
-            if p["role"] == role and metric in p:
-                bins[p["pid"]][math.floor(t)].append(p[metric])
+        for p in s.procs:
+            value = getattr(p, metric)
+            if p.role == role and value is not None:
+                bins[p.pid][math.floor(s.t)].append(value)
     return {pid: [(t, sum(v) / len(v)) for t, v in sorted(by_t.items())] for pid, by_t in bins.items()}
 
 
@@ -49,15 +51,15 @@ def tcp_series(rec: Recording, roles: Iterable[str] = ("master", "worker")) -> d
     roles = set(roles)
     out: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for s in rec.samples:
-        procs = [p for p in s["procs"] if p["role"] in roles and "tcp" in p]
+        procs = [p for p in s.procs if p.role in roles and p.tcp is not None]
         if not procs:
             continue
         totals: dict[str, int] = defaultdict(int)
         for p in procs:
-            for state, n in p["tcp"].items():
+            for state, n in (p.tcp or {}).items():
                 totals[state] += n
         for state, n in totals.items():
-            out[state].append((s["t"], n))
+            out[state].append((s.t, n))
     return dict(out)
 
 
@@ -65,9 +67,9 @@ def role_pids(rec: Recording, role: str) -> list[int]:
     """Every PID that was sampled with ``role``, in order of first appearance."""
     seen: dict[int, None] = {}
     for s in rec.samples:
-        for p in s["procs"]:
-            if p["role"] == role:
-                seen.setdefault(p["pid"], None)
+        for p in s.procs:
+            if p.role == role:
+                seen.setdefault(p.pid, None)
     return list(seen)
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from harness.analysis import inside
 from harness.analysis.series import load_window, percentile, proc_series
-from harness.load.histogram import Histogram
+from harness.histogram import Histogram
 from harness.recording import Recording, Second
 
 PLAIN_STAGE_S = 5  # window length when a plain run has no stages of its own
@@ -72,10 +72,10 @@ class Timeline:
 
 def calibration_windows(rec: Recording) -> list[tuple[float, float]]:
     """Diagnose mode's calibration bursts: saturated on purpose, so no onset may come from them."""
-    marks = [e for e in rec.events if e.get("kind") == "stage"]
+    marks = [e for e in rec.events if e.kind == "stage" and e.t_start is not None and e.t_end is not None]
     # a burst's effects last until the next stage starts (its requests drain in between)
-    return [(e["t_start"], marks[i + 1]["t_start"] if i + 1 < len(marks) else e["t_end"] + 1)
-            for i, e in enumerate(marks) if e.get("phase") == "calibrate"]
+    return [(e.t_start, marks[i + 1].t_start if i + 1 < len(marks) else e.t_end + 1)  # type: ignore[misc, operator]
+            for i, e in enumerate(marks) if e.phase == "calibrate"]
 
 
 def timeline(rec: Recording) -> Timeline:
@@ -121,8 +121,8 @@ def _timeline(rec: Recording) -> Timeline:
             tl.rss_mb[t] = tl.rss_mb.get(t, 0.0) + v
     host: dict[int, list[float]] = {}
     for s in rec.samples:
-        if window[0] <= s["t"] < window[1] and s.get("host_cpu"):
-            host.setdefault(math.floor(s["t"]), []).append(sum(s["host_cpu"]) / len(s["host_cpu"]))
+        if window[0] <= s.t < window[1] and s.host_cpu:
+            host.setdefault(math.floor(s.t), []).append(sum(s.host_cpu) / len(s.host_cpu))
     tl.host_cpu = {t: sum(v) / len(v) for t, v in host.items()}
     for pts in inside.loop_lag(rec).values():
         for t, _, p99, _ in pts:
@@ -134,20 +134,20 @@ def _timeline(rec: Recording) -> Timeline:
 
 def stage_bounds(rec: Recording) -> list[tuple[float, float, float | None, int | None]]:
     """(start, end, offered rate, users) of each stage of the run."""
-    marked = [e for e in rec.events if e.get("kind") == "stage" and e.get("phase", "step") == "step"]
+    marked = [e for e in rec.events if e.kind == "stage" and (e.phase or "step") == "step"]
     if marked:
-        return [(e["t_start"], e["t_end"], e.get("offered_rps"), e.get("users")) for e in marked]
-    load = rec.scenario.get("load", {})
+        return [(e.t_start or 0.0, e.t_end or 0.0, e.offered_rps, e.users) for e in marked]
+    load = rec.scenario.load
     end = load_window(rec)[1]
-    if load.get("model") == "open" and load.get("stages"):
+    if load.model == "open" and load.stages:
         out, t = [], 0.0
-        for st in load["stages"]:
-            out.append((t, min(t + st["duration_s"], end), float(st["rate"]), None))
-            t += st["duration_s"]
+        for st in load.stages:
+            out.append((t, min(t + st.duration_s, end), float(st.rate), None))
+            t += st.duration_s
         return [b for b in out if b[0] < end]
-    offered = float(load["rate"]) if load.get("model") == "open" else None
-    users = int(load.get("users", 0)) if load.get("model") == "closed" else None
-    start = float(load.get("ramp_s") or load.get("ramp_up_s") or 0.0)
+    offered = float(load.rate) if load.model == "open" else None
+    users = load.users if load.model == "closed" else None
+    start = load.ramp_s if load.model == "open" else load.ramp_up_s
     start = min(start, max(0.0, end - PLAIN_STAGE_S))
     n = max(1, int((end - start) // PLAIN_STAGE_S))
     width = (end - start) / n
@@ -199,7 +199,9 @@ def stage_at(stages_: list[Stage], t: float) -> Stage | None:
     return started[-1] if started else None
 
 
-def sustained_onset(series: dict[int, float], test: Callable[[float], bool], need: int = 2, within: int = 3) -> int | None:
+def sustained_onset(
+    series: dict[int, float], test: Callable[[float], bool], need: int = 2, within: int = 3
+) -> int | None:
     """The first second from which ``test(value)`` holds in ``need`` of the ``within`` seconds starting there.
 
     One bad second (a GC pause, one slow request) is not an onset.

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from harness.analysis import inside
+from harness.analysis.findings import Verdict
 from harness.analysis.series import load_window, max_of, p90_of_busiest, proc_series, role_pids
-from harness.load.histogram import STANDARD_QUANTILES, Histogram
+from harness.config import Slo
+from harness.histogram import STANDARD_QUANTILES, Histogram
 from harness.recording import Recording
 
 
-def summarize(rec: Recording, verdict: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(rec: Recording, verdict: Verdict | None = None) -> dict[str, Any]:
     """summary.json's contract: requests, throughput, latency, errors, workers, resources, verdict."""
     secs = rec.seconds
     hist = Histogram.merged(s.hist for s in secs)
@@ -23,15 +25,15 @@ def summarize(rec: Recording, verdict: dict[str, Any] | None = None) -> dict[str
     errors = sum(by_kind.values())
     duration = sum(s.span for s in secs)
     window = load_window(rec)
-    server = rec.run.get("server", {})
+    server = rec.run.server
     workers = role_pids(rec, "worker")
     latency = hist.percentiles_ms(STANDARD_QUANTILES)
     latency["max"] = round(hist.max_us / 1000.0, 3)
     driver_cpu = proc_series(rec, "driver", "cpu", window)
     server_fds = {**proc_series(rec, "worker", "fds", window), **proc_series(rec, "master", "fds", window)}
     return {
-        "scenario": rec.scenario.get("name", ""),
-        "started_at": rec.run.get("started_at", ""),
+        "scenario": rec.scenario.name,
+        "started_at": rec.run.started_at,
         "status": rec.status,
         "duration_s": round(duration, 3),
         "requests": requests,
@@ -39,26 +41,28 @@ def summarize(rec: Recording, verdict: dict[str, Any] | None = None) -> dict[str
         "latency_ms": latency,
         "errors": {"total": errors, "rate": round(errors / requests, 6) if requests else 0.0, "by_kind": by_kind},
         "load": {
-            "model": rec.scenario.get("load", {}).get("model", ""),
+            "model": rec.scenario.load.model,
             "sent": sum(s.sent for s in secs),
-            "aborted": rec.totals["aborted"],
+            "aborted": rec.totals.aborted,
             "dropped": sum(s.dropped for s in secs),
             "late": sum(s.late for s in secs),
             "send_lag_max_ms": max((s.lag_max_ms for s in secs), default=0.0),
-            "drivers": rec.run.get("drivers", 0),
+            "drivers": rec.run.drivers,
         },
-        "workers": len(workers) or int(server.get("workers") or 0),
+        "workers": len(workers) or server.workers,
         "worker_pids": workers,
-        "server": server.get("kind", ""),
+        "server": server.kind,
         "resources": {
             "worker_cpu_p90": round(p90_of_busiest(proc_series(rec, "worker", "cpu", window)), 3),
             "worker_rss_max_mb": round(max_of(proc_series(rec, "worker", "rss_mb", window)), 1),
             "fds_max": int(max_of(server_fds)),
             "driver_cpu_p90": round(p90_of_busiest(driver_cpu), 3),
+            "db_conns_max": int(max_of({**proc_series(rec, "worker", "db_conns", window),
+                                        **proc_series(rec, "master", "db_conns", window)})),
         },
-        "events": [e for e in rec.events if e.get("kind") in ("worker-started", "worker-exited", "target-died")],
+        "events": [e.to_json() for e in rec.events if e.kind in ("worker-started", "worker-exited", "target-died")],
         "agent": summarize_inside(rec, window),
-        "verdict": verdict,
+        "verdict": verdict.to_json() if verdict else None,
     }
 
 
@@ -73,12 +77,19 @@ def summarize_inside(rec: Recording, window: tuple[float, float]) -> dict[str, A
     pools = []
     for (pid, pool_id), pts in inside.pools(rec).items():
         acquire = Histogram.merged(p.acquire for p in pts)
-        pools.append({
-            "pid": pid, "id": pool_id, "size": pts[-1].size, "max_overflow": pts[-1].max_overflow,
-            "checked_out_max": max(p.checked_out for p in pts), "acquires": acquire.count,
-            "acquire_p99_ms": round(acquire.percentile(0.99) / 1000, 3), "acquire_max_ms": round(acquire.max_us / 1000, 3),
-            "timeouts": sum(p.timeouts for p in pts),
-        })
+        pools.append(
+            {
+                "pid": pid,
+                "id": pool_id,
+                "size": pts[-1].size,
+                "max_overflow": pts[-1].max_overflow,
+                "checked_out_max": max(p.checked_out for p in pts),
+                "acquires": acquire.count,
+                "acquire_p99_ms": round(acquire.percentile(0.99) / 1000, 3),
+                "acquire_max_ms": round(acquire.max_us / 1000, 3),
+                "timeouts": sum(p.timeouts for p in pts),
+            }
+        )
     return {
         **cover,
         "loop_lag_ms": {
@@ -103,3 +114,14 @@ def summarize_inside(rec: Recording, window: tuple[float, float]) -> dict[str, A
         "gc_pause_ms_max_per_s": round(max(inside.gc_pause_ms(rec).values(), default=0.0), 3),
         "profiles": inside.profiles(rec),
     }
+
+
+def slo_broken(summary: dict[str, Any], slo: Slo) -> str | None:
+    """Why the run broke its SLO, or None."""
+    lat = summary["latency_ms"]
+    for name, limit in (("p99", slo.p99_ms), ("p95", slo.p95_ms)):
+        if limit and lat[name] > limit:
+            return f"{name} {lat[name]:.1f} ms > SLO {limit:.0f} ms"
+    if slo.error_rate and summary["errors"]["rate"] > slo.error_rate:
+        return f"error rate {summary['errors']['rate']:.2%} > SLO {slo.error_rate:.2%}"
+    return None

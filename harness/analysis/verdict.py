@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.analysis.detectors import CAUSAL_ORDER, Context, Finding, run_detectors
+from harness.analysis.detectors import CAUSAL_ORDER, Context, run_detectors
+from harness.analysis.findings import Finding, Onset, Secondary, Verdict
 from harness.analysis.knee import Knee, find_knee, fit_usl
 from harness.analysis.series import role_pids
-from harness.analysis.stages import Stage, calibration_windows, stages as stages_of, timeline
+from harness.analysis.stages import Stage, calibration_windows, timeline
+from harness.analysis.stages import stages as stages_of
 from harness.recording import Recording
 
 TIE_S = 1.0
@@ -26,20 +28,19 @@ class Diagnosis:
     stages: list[Stage]
     knee: Knee | None
     findings: list[Finding]
-    verdict: dict[str, Any]
+    verdict: Verdict
 
 
 def context(rec: Recording) -> Context:
     """Everything the detectors look at, computed once."""
     tl = timeline(rec)
     st = stages_of(rec, tl)
-    slo = rec.scenario.get("slo", {})
-    knee = find_knee(st, slo.get("p99_ms", 0.0), slo.get("error_rate", 0.0))
-    workers = len({p for p in role_pids(rec, "worker")}) or int(rec.run.get("server", {}).get("workers") or 1)
-    workers = min(workers, int(rec.scenario.get("app", {}).get("workers") or workers))
-    return Context(rec=rec, tl=tl, stages=st, knee=knee, slo_p99_ms=slo.get("p99_ms", 0.0),
-                   slo_errors=slo.get("error_rate", 0.0), cores=int(rec.run.get("machine", {}).get("cpus") or 1),
-                   workers=workers, calibration=tuple(calibration_windows(rec)))
+    slo = rec.scenario.slo
+    knee = find_knee(st, slo.p99_ms, slo.error_rate)
+    workers = len(role_pids(rec, "worker")) or rec.run.server.workers or 1
+    workers = min(workers, rec.scenario.app.workers or workers)
+    return Context(rec=rec, tl=tl, stages=st, knee=knee, slo_p99_ms=slo.p99_ms, slo_errors=slo.error_rate,
+                   cores=rec.run.machine.cpus or 1, workers=workers, calibration=tuple(calibration_windows(rec)))
 
 
 def diagnose(rec: Recording, extra_detectors: tuple[str, ...] = ()) -> Diagnosis:
@@ -72,8 +73,8 @@ def first_bottleneck(findings: list[Finding], knee: Knee | None, knee_end: float
     return chosen
 
 
-def verdict_of(findings: list[Finding], ctx: Context) -> dict[str, Any]:
-    """summary.json's verdict object."""
+def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
+    """The first bottleneck among ``findings``, or ``none``."""
     knee = ctx.knee
     usl = fit_usl(ctx.stages) if len(ctx.stages) >= 4 else None
     knee_dict = {**knee.to_dict(), "usl": usl.to_dict() if usl else None} if knee else (
@@ -81,7 +82,9 @@ def verdict_of(findings: list[Finding], ctx: Context) -> dict[str, Any]:
     invalid = [f for f in findings if f.kind == "load-generator-saturated"]
     if invalid:
         f = invalid[0]
-        return _verdict(f, [], knee_dict, "The run is invalid: the load generator, not the app, limited it — " + f.rule + ".")
+        return _verdict(
+            f, [], knee_dict, "The run is invalid: the load generator, not the app, limited it — " + f.rule + "."
+        )
     knee_end = next((s.t_end for s in ctx.stages if knee and s.index == knee.stage), None)
     chosen = first_bottleneck(findings, knee, knee_end)
     if knee is None and chosen is not None and chosen.kind not in NO_KNEE_NEEDED and not _slo_broken(ctx):
@@ -96,14 +99,18 @@ def verdict_of(findings: list[Finding], ctx: Context) -> dict[str, Any]:
         text = (f"No bottleneck: the app held the whole offered load{slo}, up to {held:,.0f} req/s."
                 if knee is None else f"The load broke the app at the knee ({knee.reason}) but no detector found why; "
                                      "look at the profiles and the timeline.")
-        return {
-            "bottleneck": "none", "summary": text, "onset": None, "call_site": None, "hotspot": None,
-            "evidence": [f"knee: {knee.reason}"] if knee else [], "recommendation": "" if knee is None else
-            "profile at the knee (fastapi-harness diagnose) and read the hotspots",
-            "confidence": 0.8 if knee is None else 0.3,
-            "secondary": [{"bottleneck": f.kind, "summary": f.summary or f.rule} for f in secondary],
-            "knee": knee_dict, "findings": [f.to_dict() for f in findings],
-        }
+        return Verdict(
+            bottleneck="none",
+            summary=text,
+            evidence=(f"knee: {knee.reason}",) if knee else (),
+            recommendation=""
+            if knee is None
+            else "profile at the knee (fastapi-harness diagnose) and read the hotspots",
+            confidence=0.8 if knee is None else 0.3,
+            secondary=_secondary(secondary),
+            knee=knee_dict,
+            findings=tuple(findings),
+        )
     return _verdict(chosen, secondary, knee_dict, _sentence(chosen, ctx))
 
 
@@ -111,15 +118,16 @@ def _slo_broken(ctx: Context) -> bool:
     return any(s.p99_ms > ctx.slo_p99_ms for s in ctx.stages) if ctx.slo_p99_ms else False
 
 
-def _verdict(f: Finding, secondary: list[Finding], knee: dict[str, Any] | None, summary: str) -> dict[str, Any]:
-    return {
-        "bottleneck": f.kind, "summary": summary,
-        "onset": {"t_s": f.onset_t, "offered_rps": f.onset_offered_rps, "users": f.onset_users},
-        "call_site": f.call_site, "hotspot": f.hotspot,
-        "evidence": [f.rule, *f.evidence], "recommendation": f.recommendation, "confidence": f.confidence,
-        "secondary": [{"bottleneck": s.kind, "summary": s.summary or s.rule} for s in secondary],
-        "knee": knee, "findings": [x.to_dict() for x in [f, *secondary]],
-    }
+def _secondary(findings: list[Finding]) -> tuple[Secondary, ...]:
+    return tuple(Secondary(f.kind, f.summary or f.rule) for f in findings)
+
+
+def _verdict(f: Finding, secondary: list[Finding], knee: dict[str, Any] | None, summary: str) -> Verdict:
+    return Verdict(
+        bottleneck=f.kind, summary=summary, onset=Onset(f.onset_t, f.onset_offered_rps, f.onset_users),
+        call_site=f.call_site, hotspot=f.hotspot, evidence=(f.rule, *f.evidence), recommendation=f.recommendation,
+        confidence=f.confidence, secondary=_secondary(secondary), knee=knee, findings=(f, *secondary),
+    )
 
 
 def _sentence(f: Finding, ctx: Context) -> str:
@@ -129,5 +137,10 @@ def _sentence(f: Finding, ctx: Context) -> str:
     knee = ctx.knee
     p99 = f"; p99 went {knee.baseline_p99_ms:.0f} ms → {knee.p99_ms:.0f} ms" if knee else ""
     cpu = max(ctx.tl.worker_cpu.values(), default=0.0)
-    tail = f" while worker CPU peaked at {cpu:.0%} of a core" if f.kind in ("event-loop-blocked", "db-pool-exhausted", "threadpool-exhausted") else ""
-    return f"First bottleneck: {f.summary or f.kind}, {where}{p99}{tail}. {f.recommendation[:1].upper()}{f.recommendation[1:]}."
+    tail = (
+        f" while worker CPU peaked at {cpu:.0%} of a core"
+        if f.kind in ("event-loop-blocked", "db-pool-exhausted", "threadpool-exhausted")
+        else ""
+    )
+    advice = f.recommendation[:1].upper() + f.recommendation[1:]
+    return f"First bottleneck: {f.summary or f.kind}, {where}{p99}{tail}. {advice}."

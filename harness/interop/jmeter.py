@@ -19,7 +19,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
@@ -106,7 +106,9 @@ def _walk(plan: Plan, tree: ET.Element | None, inherited_headers: dict[str, str]
         elif el.tag == "UniformRandomTimer":
             p = _props(el)
             plan.think_ms = float(p.get("ConstantTimer.delay") or 0) + float(p.get("RandomTimer.range") or 0) / 2
-            plan.ignored.append(f"approximated: UniformRandomTimer ({el.get('testname')}) as its mean, {plan.think_ms:g} ms")
+            plan.ignored.append(
+                f"approximated: UniformRandomTimer ({el.get('testname')}) as its mean, {plan.think_ms:g} ms"
+            )
     for el, sub in pending:
         if el.get("enabled", "true") == "false":
             continue
@@ -141,7 +143,9 @@ def _walk(plan: Plan, tree: ET.Element | None, inherited_headers: dict[str, str]
 def _parse(path: Path) -> ET.Element:
     root = parse_xml(path, "test plan")
     if root.tag != "jmeterTestPlan":
-        raise ConfigError(f"{path}: the root element is <{root.tag}>, not <jmeterTestPlan>; is this a JMeter .jmx file?")
+        raise ConfigError(
+            f"{path}: the root element is <{root.tag}>, not <jmeterTestPlan>; is this a JMeter .jmx file?"
+        )
     return root
 
 
@@ -157,15 +161,26 @@ def read_jmx(path: str | Path, properties: dict[str, str] | None = None) -> tupl
         raise ConfigError(f"{p}: no enabled HTTP Request sampler; add one for the harness to send")
     resolve = _resolver(p, plan.variables, properties or {})
     tg = _props(plan.thread_group)
-    loop_ctl = next((e for e in plan.thread_group.iter("elementProp") if e.get("name") == "ThreadGroup.main_controller"), None)
+    loop_ctl = next(
+        (e for e in plan.thread_group.iter("elementProp") if e.get("name") == "ThreadGroup.main_controller"), None
+    )
     lc = _props(loop_ctl) if loop_ctl is not None else {}
     users = int(resolve(tg.get("ThreadGroup.num_threads", "1")) or 1)
     ramp = float(resolve(tg.get("ThreadGroup.ramp_time", "0")) or 0)
-    forever = lc.get("LoopController.continue_forever") == "true" or resolve(lc.get("LoopController.loops", "1")) in ("-1", "")
+    forever = lc.get("LoopController.continue_forever") == "true" or resolve(lc.get("LoopController.loops", "1")) in (
+        "-1",
+        "",
+    )
     loops = 0 if forever else int(resolve(lc.get("LoopController.loops", "1")) or 1)
-    duration = float(resolve(tg.get("ThreadGroup.duration", "") or "0") or 0) if tg.get("ThreadGroup.scheduler") == "true" else 0.0
+    duration = (
+        float(resolve(tg.get("ThreadGroup.duration", "") or "0") or 0)
+        if tg.get("ThreadGroup.scheduler") == "true"
+        else 0.0
+    )
     if not loops and not duration:
-        raise ConfigError(f"{p}: the Thread Group loops forever with no scheduler duration; set a loop count or a duration")
+        raise ConfigError(
+            f"{p}: the Thread Group loops forever with no scheduler duration; set a loop count or a duration"
+        )
     per_iteration = len(plan.samplers)
     requests = _merge([_request(s, own, plan.defaults, resolve) for s, own in plan.samplers])
     load: dict[str, Any] = {"model": "closed", "users": users, "ramp_up": ramp}
@@ -191,7 +206,7 @@ def _merge(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _resolver(path: Path, variables: dict[str, str], properties: dict[str, str]):  # -> Callable[[str], str]
+def _resolver(path: Path, variables: dict[str, str], properties: dict[str, str]) -> Callable[[str], str]:
     def resolve(text: str, depth: int = 0) -> str:
         def sub(m: re.Match) -> str:
             expr = m.group(1)
@@ -205,14 +220,20 @@ def _resolver(path: Path, variables: dict[str, str], properties: dict[str, str])
                 return default
             if expr in variables:
                 return resolve(variables[expr], depth + 1) if depth < 10 else variables[expr]
-            raise ConfigError(f"{path}: variable ${{{expr}}} is not defined; add it to the Test Plan's user defined variables")
+            raise ConfigError(
+                f"{path}: variable ${{{expr}}} is not defined; add it to the Test Plan's user defined variables"
+            )
+
         return VAR.sub(sub, text or "")
 
     return resolve
 
 
 def _request(el: ET.Element, headers: dict[str, str], defaults: dict[str, str], resolve: Any) -> dict[str, Any]:
-    p = {**{k: v for k, v in defaults.items() if k.startswith("HTTPSampler.")}, **{k: v for k, v in _props(el).items() if v}}
+    p = {
+        **{k: v for k, v in defaults.items() if k.startswith("HTTPSampler.")},
+        **{k: v for k, v in _props(el).items() if v},
+    }
     method = resolve(p.get("HTTPSampler.method", "GET")).upper()
     path = resolve(p.get("HTTPSampler.path", "/")) or "/"
     if "://" in path:  # a full URL in the path field: keep its path and query
@@ -241,8 +262,10 @@ def write_jmx(scenario: Scenario) -> str:
     """A JMeter 5 test plan running the same closed-model load against ${__P(host,127.0.0.1)}:${__P(port,8000)}."""
     load = scenario.load
     if load.model != "closed":
-        raise ConfigError(f"{scenario.source or scenario.name}: only closed-model scenarios map onto a JMeter Thread Group; "
-                          "an open arrival rate needs a plugin JMeter does not ship")
+        raise ConfigError(
+            f"{scenario.source or scenario.name}: only closed-model scenarios map onto a JMeter Thread Group; "
+            "an open arrival rate needs a plugin JMeter does not ship"
+        )
     per_iteration = sum(r.weight for r in scenario.requests)
     if load.loops and load.loops % per_iteration:
         raise ConfigError(f"loops = {load.loops} is not a multiple of the requests per iteration ({per_iteration}); "
@@ -256,40 +279,58 @@ def write_jmx(scenario: Scenario) -> str:
             rows = "".join(
                 f'<elementProp name="" elementType="Header"><stringProp name="Header.name">{escape(k)}</stringProp>'
                 f'<stringProp name="Header.value">{escape(v)}</stringProp></elementProp>' for k, v in r.headers.items())
-            header = (f'<HeaderManager guiclass="HeaderPanel" testclass="HeaderManager" testname="HTTP Header Manager" enabled="true">'
-                      f'<collectionProp name="HeaderManager.headers">{rows}</collectionProp></HeaderManager><hashTree/>')
+            header = (
+                '<HeaderManager guiclass="HeaderPanel" testclass="HeaderManager" testname="HTTP Header Manager" '
+                'enabled="true">'
+                f'<collectionProp name="HeaderManager.headers">{rows}</collectionProp></HeaderManager><hashTree/>'
+            )
         args = ""
         if r.body:
-            args = ('<elementProp name="" elementType="HTTPArgument"><boolProp name="HTTPArgument.always_encode">false</boolProp>'
-                    f'<stringProp name="Argument.value">{escape(r.body)}</stringProp><stringProp name="Argument.metadata">=</stringProp></elementProp>')
+            args = (
+                '<elementProp name="" elementType="HTTPArgument"><boolProp '
+                'name="HTTPArgument.always_encode">false</boolProp>'
+                f'<stringProp name="Argument.value">{escape(r.body)}</stringProp><stringProp '
+                'name="Argument.metadata">=</stringProp></elementProp>'
+            )
         sampler = (
-            f'<HTTPSamplerProxy guiclass="HttpTestSampleGui" testclass="HTTPSamplerProxy" testname="{escape(r.label, {chr(34): "&quot;"})}" enabled="true">'
-            f'{"<boolProp name=" + chr(34) + "HTTPSampler.postBodyRaw" + chr(34) + ">true</boolProp>" if r.body else ""}'
-            f'<elementProp name="HTTPsampler.Arguments" elementType="Arguments"><collectionProp name="Arguments.arguments">{args}</collectionProp></elementProp>'
+            '<HTTPSamplerProxy guiclass="HttpTestSampleGui" testclass="HTTPSamplerProxy" '
+            f'testname="{escape(r.label, {chr(34): "&quot;"})}" enabled="true">'
+            + ('<boolProp name="HTTPSampler.postBodyRaw">true</boolProp>' if r.body else "")
+            + '<elementProp name="HTTPsampler.Arguments" elementType="Arguments"><collectionProp '
+            f'name="Arguments.arguments">{args}</collectionProp></elementProp>'
             f'<stringProp name="HTTPSampler.path">{escape(path + ("?" + query if query else ""))}</stringProp>'
             f'<stringProp name="HTTPSampler.method">{r.method}</stringProp>'
-            f'<boolProp name="HTTPSampler.follow_redirects">true</boolProp><boolProp name="HTTPSampler.use_keepalive">true</boolProp>'
+            '<boolProp name="HTTPSampler.follow_redirects">true</boolProp><boolProp '
+            'name="HTTPSampler.use_keepalive">true</boolProp>'
             f'</HTTPSamplerProxy><hashTree>{header}</hashTree>'
         )
         samplers.extend([sampler] * r.weight)
-    timer = (f'<ConstantTimer guiclass="ConstantTimerGui" testclass="ConstantTimer" testname="Think time" enabled="true">'
-             f'<stringProp name="ConstantTimer.delay">{round(load.think_time_s * 1000)}</stringProp></ConstantTimer><hashTree/>'
-             if load.think_time_s else "")
+    timer = (
+        f'<ConstantTimer guiclass="ConstantTimerGui" testclass="ConstantTimer" testname="Think time" enabled="true">'
+        '<stringProp '
+        f'name="ConstantTimer.delay">{round(load.think_time_s * 1000)}</stringProp></ConstantTimer><hashTree/>'
+        if load.think_time_s
+        else ""
+    )
     scheduler = "true" if load.duration_s else "false"
-    return f'''<?xml version="1.0" encoding="UTF-8"?>
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
 <jmeterTestPlan version="1.2" properties="5.0" jmeter="5.6.3">
   <hashTree>
     <TestPlan guiclass="TestPlanGui" testclass="TestPlan" testname="{escape(scenario.name)}" enabled="true">
-      <elementProp name="TestPlan.user_defined_variables" elementType="Arguments"><collectionProp name="Arguments.arguments"/></elementProp>
+      <elementProp name="TestPlan.user_defined_variables" elementType="Arguments">
+        <collectionProp name="Arguments.arguments"/>
+      </elementProp>
     </TestPlan>
     <hashTree>
-      <ConfigTestElement guiclass="HttpDefaultsGui" testclass="ConfigTestElement" testname="HTTP Request Defaults" enabled="true">
+      <ConfigTestElement guiclass="HttpDefaultsGui" testclass="ConfigTestElement" testname="HTTP Request Defaults"
+          enabled="true">
         <stringProp name="HTTPSampler.domain">${{__P(host,127.0.0.1)}}</stringProp>
         <stringProp name="HTTPSampler.port">${{__P(port,8000)}}</stringProp>
         <stringProp name="HTTPSampler.protocol">http</stringProp>
       </ConfigTestElement>
       <hashTree/>
-      <ThreadGroup guiclass="ThreadGroupGui" testclass="ThreadGroup" testname="{escape(scenario.name)} users" enabled="true">
+      <ThreadGroup guiclass="ThreadGroupGui" testclass="ThreadGroup" testname="{escape(scenario.name)} users"
+          enabled="true">
         <elementProp name="ThreadGroup.main_controller" elementType="LoopController">
           <boolProp name="LoopController.continue_forever">false</boolProp>
           <stringProp name="LoopController.loops">{loops}</stringProp>
@@ -305,4 +346,4 @@ def write_jmx(scenario: Scenario) -> str:
     </hashTree>
   </hashTree>
 </jmeterTestPlan>
-'''
+"""

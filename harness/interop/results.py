@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from harness.errors import ConfigError
+from harness.histogram import Histogram
 from harness.interop import parse_xml
-from harness.load.histogram import Histogram
+from harness.records import DriverDone, DriverRecord, DriverSecond
 
 JTL_REQUIRED = ("timeStamp", "elapsed", "responseCode", "success")
 LOCUST_QUANTILES = (("50%", 0.50), ("66%", 0.66), ("75%", 0.75), ("80%", 0.80), ("90%", 0.90), ("95%", 0.95),
@@ -50,18 +51,15 @@ class Results:
             for _ in range(n):
                 sec["hist"].record(int(elapsed_ms * 1000))
 
-    def driver_records(self) -> list[dict[str, Any]]:
+    def driver_records(self) -> list[DriverRecord]:
         """The records a driver would have written, seconds counted from ``t0``."""
-        out = []
-        for sec in sorted(self.seconds):
-            s = self.seconds[sec]
-            out.append({"type": "second", "driver": 0, "t": sec, "span": 1.0, "sent": s["sent"],
-                        "outcomes": dict(s["outcomes"]), "hist": s["hist"].to_json(), "source": self.fmt})
-        total = Counter()
+        out: list[DriverRecord] = [
+            DriverSecond(driver=0, t=sec, span=1.0, sent=s["sent"], outcomes=dict(s["outcomes"]), hist=s["hist"])
+            for sec, s in sorted(self.seconds.items())]
+        total: Counter[str] = Counter()
         for s in self.seconds.values():
             total.update(s["outcomes"])
-        out.append({"type": "done", "driver": 0, "sent": sum(total.values()), "aborted": 0, "outcomes": dict(total),
-                    "source": self.fmt, "unparsed": dict(self.problems)})
+        out.append(DriverDone(driver=0, sent=sum(total.values()), aborted=0, outcomes=dict(total)))
         return out
 
 
@@ -107,7 +105,9 @@ def _jtl_csv(p: Path, res: Results) -> Results:
         reader = csv.DictReader(f)
         missing = [c for c in JTL_REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
-            raise ConfigError(f"{p}: the JTL lacks column(s) {', '.join(missing)}; save with JMeter's default CSV fields")
+            raise ConfigError(
+                f"{p}: the JTL lacks column(s) {', '.join(missing)}; save with JMeter's default CSV fields"
+            )
         for row in reader:
             try:
                 start, elapsed = int(row["timeStamp"]) / 1000, float(row["elapsed"])

@@ -1,9 +1,9 @@
 """JMeter's CSV result format (JTL): one line per request, recorded by the driver processes.
 
 A driver's hot path only appends a tuple per request. Every 100 ms the driver dumps the
-rows since to its part file with ``marshal`` (C speed, about 30 bytes a row; formatting
-the text in the driver cost it about 7 % of its throughput), and when the run ends the
-manager formats every part's rows as JTL lines under one header. A part is a sequence of
+rows since to its part file with ``marshal`` (formatting the text in the driver costs more:
+benchmarks/driver_throughput.md), and when the run ends the manager formats every part's
+rows as JTL lines under one header. A part is a sequence of
 length-prefixed marshal records: a header dict, then ``(active threads, rows)`` per flush; a
 torn last record (a killed driver) ends the part, the rows before it are kept.
 """

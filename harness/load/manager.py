@@ -1,14 +1,17 @@
 """Starts K driver processes, hands each a shard of the load, and reads their streams.
 
-The shard plan and the JSON-lines records (see ``worker.py``) are the only contract
-between the manager and a driver, so a driver could run anywhere that can send lines back.
+The shard plan and the JSON-lines records (``records.ShardPlan`` in, ``records.DriverRecord``
+out) are the only contract between the manager and a driver, so a driver could run anywhere
+that can send lines back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,9 +20,11 @@ from typing import Any, Callable
 
 from harness.config import RequestSpec, Scenario
 from harness.errors import DriverError
-from harness.load.shapes import closed_shape, open_shape
+from harness.processes import spawn, stop_group
+from harness.records import DriverDone, DriverFault, DriverRecord, RequestWire, ShardPlan, driver_record
+from harness.shapes import closed_shape, open_shape
 
-DRIVER_MODULE = "harness.load.worker"
+DRIVER_MODULE = "harness.load.driver"
 
 
 def default_drivers(cpus: int | None = None) -> int:
@@ -55,39 +60,33 @@ def weighted_cycle(weights: list[int]) -> list[int]:
 
 
 def shard_plans(scenario: Scenario, host: str, port: int, t0: float, drivers: int,
-                start_s: float = 0.0, jtl_dir: Path | None = None) -> list[dict[str, Any]]:
-    """One JSON-able plan per driver process; together they make the scenario's load exactly.
+                start_s: float = 0.0, jtl_dir: Path | None = None) -> list[ShardPlan]:
+    """One plan per driver process; together they make the scenario's load exactly.
 
     Seconds are counted from ``t0``; the load itself begins ``start_s`` later (a diagnose step).
     """
     load = scenario.load
-    base = {
-        "host": host, "port": port, "t0": t0, "start_s": start_s, "model": load.model, "timeout_s": load.timeout_s,
-        "requests": [{"label": r.label, "bytes": request_bytes(r, host, port), "url": f"http://{host}:{port}{r.path}"}
-                     for r in scenario.requests],
-        "cycle": weighted_cycle([r.weight for r in scenario.requests]),
-        "loops": load.loops, "duration_s": load.duration_s, "think_time_s": load.think_time_s,
-    }
-    plans = []
-    if load.model == "closed":
-        shape = closed_shape(load)
-        drivers = max(1, min(drivers, load.users))
-        for k in range(drivers):
-            offsets = [round(start_s + shape.start_offset(u), 6) for u in range(k, load.users, drivers)]
-            plans.append({**base, "driver": k, "drivers": drivers, "user_offsets": offsets})
-    else:
-        shape = open_shape(load).scaled(1.0 / drivers)
-        connections = load.connections or 10_000
-        for k in range(drivers):
-            plans.append({
-                **base, "driver": k, "points": [[t + start_s, r] for t, r in shape.points],
-                "connections": max(1, connections // drivers),
-                "phase": k / drivers,  # staggers the shards so their arrivals interleave
-            })
-    if jtl_dir is not None:
-        for plan in plans:
-            plan["jtl"] = str(jtl_dir / f"driver-{plan['driver']}-{int(start_s)}.jtl.part")
-    return plans
+    closed = load.model == "closed"
+    drivers = max(1, min(drivers, load.users)) if closed else drivers
+    requests = tuple(RequestWire(r.label, request_bytes(r, host, port), f"http://{host}:{port}{r.path}")
+                     for r in scenario.requests)
+
+    def plan(k: int, **shard: Any) -> ShardPlan:
+        jtl = str(jtl_dir / f"driver-{k}-{int(start_s)}.jtl.part") if jtl_dir is not None else ""
+        return ShardPlan(driver=k, drivers=drivers, host=host, port=port, t0=t0, start_s=start_s, model=load.model,
+                         timeout_s=load.timeout_s, requests=requests,
+                         cycle=tuple(weighted_cycle([r.weight for r in scenario.requests])), loops=load.loops,
+                         duration_s=load.duration_s, think_time_s=load.think_time_s, jtl=jtl, **shard)
+
+    if closed:
+        users = closed_shape(load)
+        return [plan(k, user_offsets=tuple(round(start_s + users.start_offset(u), 6)
+                                           for u in range(k, load.users, drivers))) for k in range(drivers)]
+    rate = open_shape(load).scaled(1.0 / drivers)
+    connections = load.connections or 10_000
+    # phase staggers the shards so their arrivals interleave
+    return [plan(k, points=tuple((t + start_s, r) for t, r in rate.points), connections=max(1, connections // drivers),
+                 phase=k / drivers) for k in range(drivers)]
 
 
 class DriverFleet:
@@ -96,7 +95,7 @@ class DriverFleet:
     Use as a context manager; leaving it (normally, on error or on Ctrl-C) ends every driver.
     """
 
-    def __init__(self, plans: list[dict[str, Any]], on_record: Callable[[dict[str, Any]], None], log_dir: Path):
+    def __init__(self, plans: list[ShardPlan], on_record: Callable[[DriverRecord], None], log_dir: Path):
         self.plans = plans
         self.on_record = on_record
         self.log_dir = log_dir
@@ -122,17 +121,21 @@ class DriverFleet:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _start(self, plan: dict[str, Any]) -> None:
-        k = plan["driver"]
+    def _start(self, plan: ShardPlan) -> None:
+        k = plan.driver
         stderr = open(self.log_dir / f"driver-{k}.stderr.log", "wb")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", DRIVER_MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=stderr, env=env, start_new_session=True,  # Ctrl-C reaches us, and we stop them in order
-        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])
+            ),
+        }
+        # its own session: Ctrl-C reaches us, and we stop them in order; SIGKILL if we die first
+        proc = spawn([sys.executable, "-m", DRIVER_MODULE], death_signal=signal.SIGKILL, stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=stderr, env=env)
         stderr.close()
         self.procs.append(proc)
-        proc.stdin.write((json.dumps(plan) + "\n").encode())  # type: ignore[union-attr]
+        proc.stdin.write((json.dumps(plan.to_json()) + "\n").encode())  # type: ignore[union-attr]
         proc.stdin.flush()  # type: ignore[union-attr]
         t = threading.Thread(target=self._read, args=(k, proc), name=f"driver-{k}-reader", daemon=True)
         t.start()
@@ -141,14 +144,14 @@ class DriverFleet:
     def _read(self, k: int, proc: subprocess.Popen) -> None:
         for line in proc.stdout:  # type: ignore[union-attr]
             try:
-                record = json.loads(line)
+                record = driver_record(json.loads(line))
             except ValueError:
                 continue
-            if record.get("type") == "error":
-                self.errors.append(f"driver {k}: {record.get('message')}")
+            if isinstance(record, DriverFault):
+                self.errors.append(f"driver {k}: {record.message}")
             with self._lock:
                 self.on_record(record)
-            if record.get("type") == "done":
+            if isinstance(record, DriverDone):
                 self.done.add(k)
 
     def finished(self) -> bool:
@@ -179,11 +182,9 @@ class DriverFleet:
         """Stop, wait, then kill: no driver outlives the fleet."""
         self.stop()
         for p in self.procs:
-            try:
-                p.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=grace_s)  # they flush what they measured first
+            stop_group(p, grace_s=1.0)
         for t in self.threads:
             t.join(timeout=2.0)
         for p in self.procs:

@@ -31,7 +31,11 @@ def render_compare_markdown(table: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
     lines += ["| " + " | ".join(str(c) for c in _cells(r)) + " |" for r in table["rows"]]
     common = table.get("common_load_rps")
-    note = f"\nLatency at the common load every configuration held: {common:,.0f} req/s." if common and table["mode"] != "fixed" else ""
+    note = (
+        f"\nLatency at the common load every configuration held: {common:,.0f} req/s."
+        if common and table["mode"] != "fixed"
+        else ""
+    )
     return "\n".join(lines) + note + f"\n\n**Recommendation:** {table['recommendation']}\n"
 
 

@@ -7,9 +7,10 @@ import html
 import json
 from typing import Any
 
-from harness.load.shapes import OpenShape
+from harness.analysis.verdict import Diagnosis
 from harness.recording import Recording
 from harness.report.plots import inside_png, knee_png, timeline_png
+from harness.shapes import open_shape
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
@@ -26,16 +27,9 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
 
 def offered_curve(rec: Recording) -> list[tuple[float, float]] | None:
     """The open model's planned rate as (t, req/s) corners, or None for a closed model."""
-    load = rec.scenario.get("load", {})
-    if load.get("model") != "open":
+    if rec.scenario.load.model != "open":
         return None
-    from harness.config import LoadConfig, Stage
-    from harness.load.shapes import open_shape
-
-    stages = tuple(Stage(**s) for s in load.get("stages", ()))
-    cfg = LoadConfig(**{**load, "stages": stages})
-    shape: OpenShape = open_shape(cfg)
-    return list(shape.points)
+    return list(open_shape(rec.scenario.load).points)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -51,13 +45,19 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
         return "<h2>Inside the workers</h2><p class='muted'>The in-process agent was off for this run.</p>"
     parts = ["<h2>Inside the workers</h2>"]
     if agent["missing"] or agent["gaps"]:
-        parts.append("<p class='verdict'>Agent coverage is incomplete: "
-                     + html.escape(f"no stream from worker(s) {agent['missing']}; " if agent["missing"] else "")
-                     + html.escape("; ".join(f"worker {g['pid']} lost {g['lost']} records ({g['error']})" for g in agent["gaps"]))
-                     + "</p>")
+        parts.append(
+            "<p class='verdict'>Agent coverage is incomplete: "
+            + html.escape(f"no stream from worker(s) {agent['missing']}; " if agent["missing"] else "")
+            + html.escape(
+                "; ".join(f"worker {g['pid']} lost {g['lost']} records ({g['error']})" for g in agent["gaps"])
+            )
+            + "</p>"
+        )
     png = inside_png(rec)
     if png:
-        parts.append(f"<img alt='loop lag, threadpool, pools, GC' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        parts.append(
+            f"<img alt='loop lag, threadpool, pools, GC' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        )
     parts.append("<h3>Event-loop stall sites</h3>" + (_table(
         ["site", "function", "kind", "stalls", "total ms", "longest ms", "share"],
         [[f"{s['file']}:{s['line']}" if s["file"] else "(no app frame)", s["function"] or "", s["kind"], s["count"],
@@ -65,7 +65,9 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
     ) if agent["stall_sites"] else "<p class='muted'>No stall longer than the threshold.</p>"))
     parts.append("<h3>Hotspots (share of the event-loop thread's busy CPU time)</h3>" + _table(
         ["category", "share"], [[k, f"{v:.0%}"] for k, v in agent["hotspots"].items()]))
-    parts.append(_table(["category", "where", "CPU ms"], [[f["category"], f["where"], f["cpu_ms"]] for f in agent["top_frames"]]))
+    parts.append(
+        _table(["category", "where", "CPU ms"], [[f["category"], f["where"], f["cpu_ms"]] for f in agent["top_frames"]])
+    )
     if agent["threadpool_hotspots"]:
         parts.append("<p>Threadpool threads' busy time: " + html.escape(
             ", ".join(f"{k} {v:.0%}" for k, v in agent["threadpool_hotspots"].items())) + "</p>")
@@ -74,77 +76,145 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
         parts.append(f"<h3>Threadpool</h3><p>{tp['borrowed_max']} of {tp['total']} tokens borrowed at most; "
                      f"up to {tp['waiting_max']} tasks waiting.</p>")
     if agent["pools"]:
-        parts.append("<h3>DB pools</h3>" + _table(
-            ["worker", "pool", "size", "max overflow", "checked out max", "acquires", "acquire p99 ms", "acquire max ms", "timeouts"],
-            [[p["pid"], p["id"], p["size"], p["max_overflow"], p["checked_out_max"], p["acquires"], p["acquire_p99_ms"],
-              p["acquire_max_ms"], p["timeouts"]] for p in agent["pools"]]))
+        parts.append(
+            "<h3>DB pools</h3>"
+            + _table(
+                [
+                    "worker",
+                    "pool",
+                    "size",
+                    "max overflow",
+                    "checked out max",
+                    "acquires",
+                    "acquire p99 ms",
+                    "acquire max ms",
+                    "timeouts",
+                ],
+                [
+                    [
+                        p["pid"],
+                        p["id"],
+                        p["size"],
+                        p["max_overflow"],
+                        p["checked_out_max"],
+                        p["acquires"],
+                        p["acquire_p99_ms"],
+                        p["acquire_max_ms"],
+                        p["timeouts"],
+                    ]
+                    for p in agent["pools"]
+                ],
+            )
+        )
     if agent["profiles"]:
-        links = "".join(f"<li>worker {p['pid']}: " + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in p["files"])
-                        + "</li>" for p in agent["profiles"])
+        links = "".join(
+            f"<li>worker {p['pid']}: "
+            + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in p["files"])
+            + "</li>"
+            for p in agent["profiles"]
+        )
         parts.append(f"<h3>Profiles</h3><ul>{links}</ul>")
     return "\n".join(parts)
 
 
-def verdict_section(summary: dict[str, Any], diagnosis: Any) -> str:
+def verdict_section(diagnosis: Diagnosis | None) -> str:
     """The verdict in words, its evidence and fix, secondary findings, the knee plot and USL figures."""
-    v = summary.get("verdict")
-    if not v:
+    if diagnosis is None:
         return "<p class='muted'>No diagnosis was made for this run.</p>"
-    site = v.get("call_site")
-    onset = v.get("onset") or {}
-    rows = [("bottleneck", v["bottleneck"]), ("confidence", f"{v['confidence']:.0%}")]
-    if onset:
-        rows.append(("onset", f"t = {onset.get('t_s')} s, offered {onset.get('offered_rps')} req/s, users {onset.get('users')}"))
-    if site:
-        rows.append(("call site", f"{site['file']}:{site['line']} in {site['function']}()"))
-    if v.get("hotspot"):
-        rows.append(("hotspot", v["hotspot"]))
-    parts = [f"<div class='verdict'><b>{html.escape(v['bottleneck'])}</b> — {html.escape(v['summary'])}</div>",
+    v = diagnosis.verdict
+    onset_t = v.onset.t_s if v.onset else None
+    rows: list[tuple[str, Any]] = [("bottleneck", v.bottleneck), ("confidence", f"{v.confidence:.0%}")]
+    if v.onset:
+        rows.append(("onset", f"t = {v.onset.t_s} s, offered {v.onset.offered_rps} req/s, users {v.onset.users}"))
+    if v.call_site:
+        rows.append(("call site", f"{v.call_site} in {v.call_site.function}()"))
+    if v.hotspot:
+        rows.append(("hotspot", v.hotspot))
+    parts = [f"<div class='verdict'><b>{html.escape(v.bottleneck)}</b> — {html.escape(v.summary)}</div>",
              f"<table>{_rows(rows)}</table>"]
-    if v.get("evidence"):
-        parts.append("<h3>Evidence</h3><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in v["evidence"]) + "</ul>")
-    if v.get("recommendation"):
-        parts.append(f"<h3>What to change</h3><p>{html.escape(v['recommendation'])}</p>")
-    if v.get("secondary"):
+    if v.evidence:
+        parts.append("<h3>Evidence</h3><ul>" + "".join(f"<li>{html.escape(e)}</li>" for e in v.evidence) + "</ul>")
+    if v.recommendation:
+        parts.append(f"<h3>What to change</h3><p>{html.escape(v.recommendation)}</p>")
+    if v.secondary:
         parts.append("<h3>Also found</h3><ul>" + "".join(
-            f"<li><b>{html.escape(s['bottleneck'])}</b>: {html.escape(s['summary'])}</li>" for s in v["secondary"]) + "</ul>")
-    if diagnosis is not None and diagnosis.stages:
-        png = knee_png(diagnosis.stages, diagnosis.knee, onset.get("t_s"))
-        parts.append(f"<h3>Load stages and the knee</h3><img alt='knee' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-        parts.append(_table(
-            ["stage", "offered req/s", "users", "achieved req/s", "p50 ms", "p99 ms", "errors", "worker CPU", "loop lag p99 ms"],
-            [[s.index, f"{s.offered_rps:.0f}" if s.offered_rps is not None else "", s.users or "", f"{s.achieved_rps:.0f}",
-              f"{s.p50_ms:.1f}", f"{s.p99_ms:.1f}", f"{s.error_rate:.1%}", f"{s.worker_cpu:.2f}", f"{s.loop_lag_p99_ms:.1f}"]
-             for s in diagnosis.stages]))
-    knee = v.get("knee") or {}
+            f"<li><b>{html.escape(s.bottleneck)}</b>: {html.escape(s.summary)}</li>" for s in v.secondary) + "</ul>")
+    if diagnosis.stages:
+        png = knee_png(diagnosis.stages, diagnosis.knee, onset_t)
+        parts.append(
+            "<h3>Load stages and the knee</h3><img alt='knee' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        )
+        parts.append(
+            _table(
+                [
+                    "stage",
+                    "offered req/s",
+                    "users",
+                    "achieved req/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "errors",
+                    "worker CPU",
+                    "loop lag p99 ms",
+                ],
+                [
+                    [
+                        s.index,
+                        f"{s.offered_rps:.0f}" if s.offered_rps is not None else "",
+                        s.users or "",
+                        f"{s.achieved_rps:.0f}",
+                        f"{s.p50_ms:.1f}",
+                        f"{s.p99_ms:.1f}",
+                        f"{s.error_rate:.1%}",
+                        f"{s.worker_cpu:.2f}",
+                        f"{s.loop_lag_p99_ms:.1f}",
+                    ]
+                    for s in diagnosis.stages
+                ],
+            )
+        )
+    knee = v.knee or {}
     if knee.get("usl"):
         u = knee["usl"]
-        parts.append(f"<p>Universal Scalability Law over {u['stages']} stages: λ = {u['lambda']} req/s per unit of "
-                     f"concurrency, σ (contention) = {u['sigma']}, κ (coherency) = {u['kappa']}"
-                     + (f"; throughput peaks at {u['peak_rps']} req/s near {u['peak_concurrency']} in flight" if u.get("peak_rps") else "")
-                     + ".</p>")
+        parts.append(
+            f"<p>Universal Scalability Law over {u['stages']} stages: λ = {u['lambda']} req/s per unit of "
+            f"concurrency, σ (contention) = {u['sigma']}, κ (coherency) = {u['kappa']}"
+            + (
+                f"; throughput peaks at {u['peak_rps']} req/s near {u['peak_concurrency']} in flight"
+                if u.get("peak_rps")
+                else ""
+            )
+            + ".</p>"
+        )
     return "\n".join(parts)
 
 
-def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Any = None) -> str:
+def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | None = None) -> str:
     """The whole report page, verdict first."""
-    onset = ((summary.get("verdict") or {}).get("onset") or {}).get("t_s")
+    onset = diagnosis.verdict.onset.t_s if diagnosis and diagnosis.verdict.onset else None
     png = base64.b64encode(timeline_png(rec, offered_curve(rec), onset)).decode()
     lat = summary["latency_ms"]
     res = summary["resources"]
     err = summary["errors"]
+    load = summary["load"]
     run = rec.run
-    machine = run.get("machine", {})
-    events = "".join(
-        f"<li>t = {html.escape(str(e.get('t')))} s: {html.escape(e.get('kind', ''))} {html.escape(str(e.get('pid', '')))}</li>"
-        for e in summary.get("events", [])
-    ) or "<li class='muted'>none</li>"
+    machine = run.machine
+    events = (
+        "".join(
+            f"<li>t = {html.escape(str(e.get('t')))} s: {html.escape(e.get('kind', ''))} "
+            f"{html.escape(str(e.get('pid') or ''))}</li>"
+            for e in summary.get("events", [])
+        )
+        or "<li class='muted'>none</li>"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(summary['scenario'])} — fastapi-harness</title>
 <style>{STYLE}</style></head><body>
-<h1>{html.escape(summary['scenario'])} <span class="muted">— {html.escape(summary['status'])}, {html.escape(summary['started_at'])}</span></h1>
+<h1>{html.escape(summary['scenario'])}
+<span class="muted">— {html.escape(summary['status'])}, {html.escape(summary['started_at'])}</span></h1>
 <h2>Verdict</h2>
-{verdict_section(summary, diagnosis)}
+{verdict_section(diagnosis)}
 <h2>Summary</h2>
 <table>{_rows([
         ("server", f"{summary['server']} × {summary['workers']} worker(s)"),
@@ -156,7 +226,8 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Any = None) 
         ("worker RSS max", f"{res['worker_rss_max_mb']:.1f} MB"),
         ("FDs max (server)", res["fds_max"]),
         ("driver CPU p90", f"{res['driver_cpu_p90']:.2f} cores"),
-        ("driver", f"{summary['load']['drivers']} process(es); late {summary['load']['late']:,}, dropped {summary['load']['dropped']:,}, aborted {summary['load']['aborted']:,}"),
+        ("driver", f"{load['drivers']} process(es); late {load['late']:,}, dropped {load['dropped']:,}, "
+                   f"aborted {load['aborted']:,}"),
     ])}</table>
 <h2>Timeline</h2>
 <img alt="throughput, latency, errors and resources against time" src="data:image/png;base64,{png}">
@@ -164,11 +235,11 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Any = None) 
 <h2>Events</h2><ul>{events}</ul>
 <h2>Run</h2>
 <table>{_rows([
-        ("machine", f"{machine.get('cpus')} CPUs, {machine.get('memory_gb')} GB, Python {machine.get('python')}"),
-        ("packages", ", ".join(f"{k} {v}" for k, v in machine.get("harness_packages", {}).items())),
-        ("server command", " ".join(run.get("server", {}).get("command", []) or [run.get("server", {}).get("url", "")])),
-        ("FD limit", json.dumps(run.get("limits", {}))),
+        ("machine", f"{machine.cpus} CPUs, {machine.memory_gb} GB, Python {machine.python}"),
+        ("packages", ", ".join(f"{k} {v}" for k, v in machine.harness_packages.items())),
+        ("server command", " ".join(run.server.command) or run.server.url),
+        ("FD limit", json.dumps(dict(run.limits))),
     ])}</table>
-<h2>Scenario</h2><pre>{html.escape(json.dumps(rec.scenario, indent=2))}</pre>
+<h2>Scenario</h2><pre>{html.escape(json.dumps(rec.scenario.to_dict(), indent=2))}</pre>
 </body></html>
 """

@@ -54,7 +54,9 @@ def knee_png(stages: list[Any], knee: Any, onset_t: float | None) -> bytes:
     return buf.getvalue()
 
 
-def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = None, onset_t: float | None = None) -> bytes:
+def timeline_png(
+    rec: Recording, offered: list[tuple[float, float]] | None = None, onset_t: float | None = None
+) -> bytes:
     """One PNG: throughput, latency, errors, CPU, RSS, FDs and TCP connections against time."""
     plt = _pyplot()
     secs = rec.seconds
@@ -66,7 +68,9 @@ def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = Non
     ax.plot(ts, [s.sent / s.span if s.span else 0 for s in secs], label="sent/s (offered)", color="#aaaaaa")
     if offered:
         ax.plot([t for t, _ in offered], [r for _, r in offered], label="offered rate", color="#555555", linestyle="--")
-    ax.plot(ts, [s.outcomes.get("ok", 0) / s.span if s.span else 0 for s in secs], label="ok/s (achieved)", color="#1f77b4")
+    ax.plot(
+        ts, [s.outcomes.get("ok", 0) / s.span if s.span else 0 for s in secs], label="ok/s (achieved)", color="#1f77b4"
+    )
     ax.set_ylabel("req/s")
     ax.set_title("Throughput")
 
@@ -108,9 +112,9 @@ def timeline_png(rec: Recording, offered: list[tuple[float, float]] | None = Non
             ax.axvline(onset_t, color="#e6a700", linewidth=2)
         axes[0].annotate("first bottleneck", (onset_t, axes[0].get_ylim()[1] * 0.9), fontsize=8, color="#e6a700")
     for e in rec.events:
-        if e.get("t") is not None and e.get("kind") in ("worker-started", "worker-exited", "target-died"):
+        if e.t is not None and e.kind in ("worker-started", "worker-exited", "target-died"):
             for ax in axes:
-                ax.axvline(e["t"], color="#d62728", linestyle=":", linewidth=1)
+                ax.axvline(e.t, color="#d62728", linestyle=":", linewidth=1)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
@@ -144,7 +148,9 @@ def inside_png(rec: Recording) -> bytes | None:
     ax = axes[2]
     for (pid, pool_id), pts in inside.pools(rec).items():
         line = ax.plot([p.t for p in pts], [p.checked_out for p in pts], label=f"checked out {pid}")[0]
-        ax.plot([p.t for p in pts], [p.capacity for p in pts], ":", color=line.get_color(), label=f"size+overflow {pid}")
+        ax.plot(
+            [p.t for p in pts], [p.capacity for p in pts], ":", color=line.get_color(), label=f"size+overflow {pid}"
+        )
     ax.set_ylabel("connections")
     ax.set_title("DB pools")
     ax = axes[3]

@@ -6,7 +6,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.runner import Progress
+    from harness.records import Progress
 
 
 def format_progress(p: Progress) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from harness.errors import DatabaseError
+from harness.records import DbSample
 
 STATES_SQL = (
     "SELECT coalesce(state, 'background'), count(*) FROM pg_stat_activity "
@@ -31,7 +32,7 @@ def db_port(url: str) -> int | None:
         return None
 
 
-def _connect(url: str):  # -> psycopg.Connection
+def _connect(url: str) -> Any:  # a psycopg.Connection (psycopg is imported lazily)
     try:
         import psycopg
     except ImportError:
@@ -55,7 +56,7 @@ def check_postgres(url: str) -> int:
 class PgWatcher(threading.Thread):
     """Once a second: connections by state for the app's database, against max_connections."""
 
-    def __init__(self, url: str, t0: float, on_record: Callable[[dict], None]):
+    def __init__(self, url: str, t0: float, on_record: Callable[[DbSample], None]):
         super().__init__(name="pg-watcher", daemon=True)
         self.url, self.t0, self.on_record = url, t0, on_record
         self._halt = threading.Event()
@@ -80,5 +81,5 @@ class PgWatcher(threading.Thread):
                 except Exception as e:  # the server went away: record it and stop watching
                     self.error = f"{type(e).__name__}: {e}"
                     return
-                self.on_record({"t": round(time.time() - self.t0, 3), "kind": "postgres", "states": states,
-                                "total": sum(states.values()), "max_connections": max_conn})
+                self.on_record(DbSample(round(time.time() - self.t0, 3), "postgres", states, sum(states.values()),
+                                        max_conn))

@@ -14,27 +14,29 @@ from typing import Callable
 
 import psutil
 
-from harness.launcher import is_worker
+from harness.records import Event, ProcessSample, Sample
 
 CONN_EVERY_S = 1.0  # listing TCP connections reads /proc/net/tcp: once a second is plenty
 
 
 class Sampler(threading.Thread):
-    """Calls ``on_sample(dict)`` every ``interval_s`` and ``on_event(dict)`` on worker churn."""
+    """Calls ``on_sample(Sample)`` every ``interval_s`` and ``on_event(Event)`` on worker churn.
+
+    ``processes()`` says which processes to sample now, with their roles (the target's, then the
+    drivers'); it is asked again on every tick.
+    """
 
     def __init__(
         self,
-        server_pid: Callable[[], int],
-        driver_pids: Callable[[], list[int]],
+        processes: Callable[[], list[tuple[int, str]]],
         t0: float,
         interval_s: float,
-        on_sample: Callable[[dict], None],
-        on_event: Callable[[dict], None],
+        on_sample: Callable[[Sample], None],
+        on_event: Callable[[Event], None],
         db_port: int | None = None,
     ):
         super().__init__(name="sampler", daemon=True)
-        self.server_pid = server_pid
-        self.driver_pids = driver_pids
+        self.processes = processes
         self.t0 = t0
         self.interval_s = interval_s
         self.on_sample = on_sample
@@ -69,32 +71,14 @@ class Sampler(threading.Thread):
             p.cpu_percent()
         return p
 
-    def roles(self) -> list[tuple[int, str]]:
-        """(pid, role) of every process to sample now."""
-        out: list[tuple[int, str]] = []
-        master = self.server_pid()
-        if master:
-            try:
-                m = self._proc(master)
-                children = [c for c in m.children(recursive=True) if is_worker(c)]
-                if children:
-                    out.append((master, "master"))
-                    out += [(c.pid, "worker") for c in children]
-                else:
-                    out.append((master, "worker"))
-            except psutil.NoSuchProcess:
-                pass
-        out += [(pid, "driver") for pid in self.driver_pids()]
-        return out
-
-    def sample(self) -> dict:
+    def sample(self) -> Sample:
         now = time.time()
         with_conns = now - self._last_conns >= CONN_EVERY_S
         if with_conns:
             self._last_conns = now
         procs = []
         live: set[int] = set()
-        for pid, role in self.roles():
+        for pid, role in self.processes():
             try:
                 procs.append(self._measure(self._proc(pid), role, with_conns))
                 live.add(pid)
@@ -102,44 +86,30 @@ class Sampler(threading.Thread):
                 self._procs.pop(pid, None)
             except psutil.AccessDenied:
                 self.errors["AccessDenied"] += 1
-        workers = {p["pid"] for p in procs if p["role"] == "worker"}
+        workers = {p.pid for p in procs if p.role == "worker"}
         t = round(now - self.t0, 3)
         for pid in sorted(workers - self._workers_seen):
             if self._workers_seen:
-                self.on_event({"t": t, "kind": "worker-started", "pid": pid})
+                self.on_event(Event(t, "worker-started", pid=pid))
         for pid in sorted(self._workers_seen - workers):
-            self.on_event({"t": t, "kind": "worker-exited", "pid": pid})
+            self.on_event(Event(t, "worker-exited", pid=pid))
         self._workers_seen = workers or self._workers_seen
         for pid in list(self._procs):
             if pid not in live:
                 self._procs.pop(pid, None)
-        return {
-            "t": t,
-            "procs": procs,
-            "host_cpu": [round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True)],
-            "load": [round(x, 2) for x in psutil.getloadavg()],
-        }
+        return Sample(t, tuple(procs), tuple(round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True)))
 
-    def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> dict:
+    def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> ProcessSample:
         with p.oneshot():
-            ctx = p.num_ctx_switches()
-            rec = {
-                "pid": p.pid,
-                "role": role,
-                "cpu": round(p.cpu_percent() / 100.0, 4),
-                "rss_mb": round(p.memory_info().rss / 2**20, 2),
-                "fds": p.num_fds(),
-                "threads": p.num_threads(),
-                "ctx_vol": ctx.voluntary,
-                "ctx_invol": ctx.involuntary,
-            }
+            cpu, rss, fds = p.cpu_percent() / 100.0, p.memory_info().rss, p.num_fds()
         try:
-            rec["fd_limit"] = p.rlimit(resource.RLIMIT_NOFILE)[0]
+            fd_limit: int | None = p.rlimit(resource.RLIMIT_NOFILE)[0]
         except (psutil.AccessDenied, AttributeError):
-            pass
+            fd_limit = None
+        tcp = db_conns = None
         if with_conns:
             conns = p.net_connections(kind="tcp")
-            rec["tcp"] = dict(collections.Counter(c.status for c in conns))
+            tcp = dict(collections.Counter(c.status for c in conns))
             if self.db_port and role != "driver":
-                rec["db_conns"] = sum(1 for c in conns if c.raddr and c.raddr.port == self.db_port)
-        return rec
+                db_conns = sum(1 for c in conns if c.raddr and c.raddr.port == self.db_port)
+        return ProcessSample(p.pid, role, round(cpu, 4), round(rss / 2**20, 2), fds, fd_limit, tcp, db_conns)

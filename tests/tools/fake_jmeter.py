@@ -22,4 +22,7 @@ with open(jtl, "w") as out:
             r.read()
             code = r.status
         elapsed = int((time.time() - start) * 1000)
-        out.write(f"{int(start * 1000)},{elapsed},fast,{code},OK,Thread Group 1-1,text,true,,20,100,1,1,{url}/fast,{elapsed},0,0\n")
+        out.write(
+            f"{int(start * 1000)},{elapsed},fast,{code},OK,Thread Group "
+            f"1-1,text,true,,20,100,1,1,{url}/fast,{elapsed},0,0\n"
+        )

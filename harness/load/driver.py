@@ -1,13 +1,12 @@
 """A driver process: one shard of the load, on its own event loop (uvloop when present).
 
-Contract with the manager (``python -m harness.load.worker``):
+Contract with the manager (``python -m harness.load.driver``):
 
-* stdin, first line: the shard's plan as JSON (see ``manager.shard_plans``); later
+* stdin, first line: the shard's plan (``records.ShardPlan`` as JSON); later
   lines: ``stop`` ends the run early; end of file (the manager died) does too.
 * stdout: one JSON object per line —
-  ``{"type": "second", "driver": k, "t": s, ...}`` for each second ``s`` since the shared
-  start instant ``t0`` (epoch seconds), ``{"type": "done", ...}`` once at the end, or
-  ``{"type": "error", "message": ...}`` when the shard could not run.
+  a ``records.DriverSecond`` for each second since the shared start instant ``t0`` (epoch
+  seconds), a ``DriverDone`` once at the end, or a ``DriverFault`` when the shard could not run.
 
 The hot path is callbacks on an ``asyncio.Protocol`` with httptools parsing: no
 coroutine, future or timer per request. The event loop hands received bytes straight to
@@ -34,15 +33,18 @@ from typing import Any
 
 import httptools
 
-from harness.load.hotpath import ACCELERATED, OK, OTHER, OUTCOMES, REFUSED, RESET, TIMEOUT, ConnCore, DriverCore, User
+from harness.errors import HarnessError
+from harness.histogram import Histogram
+from harness.load.hotpath import ACCELERATED, OTHER, OUTCOMES, REFUSED, RESET, TIMEOUT, ConnCore, DriverCore, User
 from harness.load.jtl import JtlPart
-from harness.load.shapes import OpenShape
+from harness.records import DriverDone, DriverFault, DriverRecord, DriverSecond, ShardPlan
+from harness.shapes import OpenShape
 
 LATE_S = 0.010  # a send this much behind its schedule counts as late
 SWEEP_S = 0.1
 
 
-class Second:
+class Tally:
     """What one driver saw during one second, besides the hot path's tallies (``DriverCore.take``)."""
 
     __slots__ = ("lag_max", "late", "dropped")
@@ -74,22 +76,22 @@ class Conn(ConnCore, asyncio.Protocol):
 
 
 class Driver(DriverCore):
-    def __init__(self, plan: dict[str, Any], loop: asyncio.AbstractEventLoop, out: Any):
-        super().__init__(len(plan["requests"]))
+    def __init__(self, plan: ShardPlan, loop: asyncio.AbstractEventLoop, out: Any):
+        super().__init__(len(plan.requests))
         self.plan = plan
         self.loop = loop
         self.out = out
-        self.index = int(plan["driver"])
-        self.host, self.port = plan["host"], int(plan["port"])
-        self.timeout = float(plan["timeout_s"])
-        self.requests = [r["bytes"].encode("latin-1") for r in plan["requests"]]
-        self.cycle = plan["cycle"]  # request indices in weighted round-robin order
+        self.index = plan.driver
+        self.host, self.port = plan.host, plan.port
+        self.timeout = plan.timeout_s
+        self.requests = [r.wire.encode("latin-1") for r in plan.requests]
+        self.cycle = plan.cycle  # request indices in weighted round-robin order
         self.cycle_pos = self.index % len(self.cycle)
         self.mixed = len(self.cycle) > 1
-        self.loops = int(plan["loops"])
-        self.think = float(plan["think_time_s"])
+        self.loops = plan.loops
+        self.think = plan.think_time_s
         self.eager = not self.think  # closed users send again as soon as a response completes
-        self.cur = Second()
+        self.cur = Tally()
         self.conns: list[Conn] = []
         self.open_conns = 0
         self.aborted = 0
@@ -97,15 +99,15 @@ class Driver(DriverCore):
         self.sent_total = 0
         self.finished = loop.create_future()
         # one clock for everything: perf_counter, anchored to the shared epoch start t0
-        self.t0p = perf_counter() + (float(plan["t0"]) - time.time())
-        self.start_s = float(plan.get("start_s", 0.0))  # this shard starts this long after t0 (diagnose steps)
+        self.t0p = perf_counter() + (plan.t0 - time.time())
+        self.start_s = plan.start_s  # this shard starts this long after t0 (diagnose steps)
         self.cpu_mark = (perf_counter(), time.process_time())
         self.second = int(self.start_s)
         self.users_active = 0
         self.pending: collections.deque[tuple[float, int]] = collections.deque()
         self.idle: list[Conn] = []
-        self.jtl = JtlPart(plan["jtl"], [r["label"] for r in plan["requests"]], [r["url"] for r in plan["requests"]],
-                           [len(b) for b in self.requests], self.index) if plan.get("jtl") else None
+        self.jtl = JtlPart(plan.jtl, [r.label for r in plan.requests], [r.url for r in plan.requests],
+                           [len(b) for b in self.requests], self.index) if plan.jtl else None
         if self.jtl is not None:
             self.jtl_rows = self.jtl.rows
 
@@ -142,8 +144,16 @@ class Driver(DriverCore):
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             self.open_conns -= 1
-            kind = REFUSED if isinstance(exc, ConnectionRefusedError) else (
-                TIMEOUT if isinstance(exc, asyncio.TimeoutError) else RESET if isinstance(exc, ConnectionError) else OTHER
+            kind = (
+                REFUSED
+                if isinstance(exc, ConnectionRefusedError)
+                else (
+                    TIMEOUT
+                    if isinstance(exc, asyncio.TimeoutError)
+                    else RESET
+                    if isinstance(exc, ConnectionError)
+                    else OTHER
+                )
             )
             self.record_failure(t_start, ri, kind, owner)
             self.count(kind, ri)
@@ -186,13 +196,13 @@ class Driver(DriverCore):
     # ---------------------------------------------------------------- closed model
 
     def start_closed(self) -> None:
-        offsets = self.plan["user_offsets"]
+        offsets = self.plan.user_offsets
         self.users_active = len(offsets)
         for i, off in enumerate(offsets):
-            user = User(self.index + i * int(self.plan.get("drivers", 1)) + 1)
+            user = User(self.index + i * self.plan.drivers + 1)
             self.loop.call_at(self.loop_time(self.t0p + off), self.user_send, user, self.t0p + off)
-        if self.plan["duration_s"]:
-            self.loop.call_at(self.loop_time(self.t0p + self.start_s + self.plan["duration_s"]), self.end_dispatch)
+        if self.plan.duration_s:
+            self.loop.call_at(self.loop_time(self.t0p + self.start_s + self.plan.duration_s), self.end_dispatch)
         if not offsets:
             self.end_dispatch()
 
@@ -225,10 +235,10 @@ class Driver(DriverCore):
     # ---------------------------------------------------------------- open model
 
     def start_open(self) -> None:
-        self.shape = OpenShape(tuple((float(t), float(r)) for t, r in self.plan["points"]))
+        self.shape = OpenShape(self.plan.points)
         self.shape_end = self.shape.duration_s
-        self.max_conns = int(self.plan["connections"])
-        self.credit = float(self.plan.get("phase", 0.0))
+        self.max_conns = self.plan.connections
+        self.credit = self.plan.phase
         self.last_rel = self.shape.points[0][0] if self.shape.points else 0.0
         self.loop.call_at(self.loop_time(self.t0p + self.last_rel), self.tick)
 
@@ -323,7 +333,7 @@ class Driver(DriverCore):
         self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
 
     def emit_second(self, span: float) -> None:
-        cur, self.cur = self.cur, Second()
+        cur, self.cur = self.cur, Tally()
         sent, hist, max_us, counts = self.take()  # counts[outcome][request]
         outcomes = [sum(per_request) for per_request in counts]
         now_w, now_c = perf_counter(), time.process_time()
@@ -332,20 +342,15 @@ class Driver(DriverCore):
         for i, n in enumerate(outcomes):
             self.totals[i] += n
         self.sent_total += sent
-        self.emit({
-            "type": "second", "driver": self.index, "t": self.second, "span": round(span, 4),
-            "sent": sent,
-            "outcomes": {OUTCOMES[i]: n for i, n in enumerate(outcomes) if n},
-            "hist": {"b": hist, "max": max_us},
-            "labels": [[sum(col), sum(col) - col[OK]] for col in zip(*counts)],  # per request: completed, failed
-            "lag_max_ms": round(cur.lag_max * 1000, 3), "late": cur.late, "dropped": cur.dropped,
-            "pending": len(self.pending), "conns": self.open_conns, "inflight": self.inflight,
-            "users": self.users_active,
-            "cpu": round(cpu / wall, 4) if wall > 0 else 0.0,
-        })
+        self.emit(DriverSecond(
+            driver=self.index, t=self.second, span=round(span, 4), sent=sent,
+            outcomes={OUTCOMES[i]: n for i, n in enumerate(outcomes) if n}, hist=Histogram(dict(hist), max_us),
+            lag_max_ms=round(cur.lag_max * 1000, 3), late=cur.late, dropped=cur.dropped, conns=self.open_conns,
+            inflight=self.inflight, users=self.users_active, cpu=round(cpu / wall, 4) if wall > 0 else 0.0,
+        ))
 
-    def emit(self, record: dict[str, Any]) -> None:
-        self.out.write(json.dumps(record, separators=(",", ":")) + "\n")
+    def emit(self, record: DriverRecord) -> None:
+        self.out.write(json.dumps(record.to_json(), separators=(",", ":")) + "\n")
         self.out.flush()
 
     def interrupt(self) -> None:
@@ -372,7 +377,7 @@ class Driver(DriverCore):
         self.cpu_mark = (perf_counter(), time.process_time())
         self.loop.call_at(self.loop_time(self.t0p + self.second + 1), self.flush_second)
         self.loop.call_later(SWEEP_S, self.sweep)
-        if self.plan["model"] == "closed":
+        if self.plan.model == "closed":
             self.start_closed()
         else:
             self.start_open()
@@ -380,11 +385,9 @@ class Driver(DriverCore):
         self.emit_second(max(0.0, perf_counter() - (self.t0p + self.second)))
         if self.jtl is not None:
             self.jtl.close(0)
-        self.emit({
-            "type": "done", "driver": self.index, "sent": self.sent_total, "aborted": self.aborted,
-            "hot_path": "c" if ACCELERATED else "python",
-            "outcomes": {OUTCOMES[i]: n for i, n in enumerate(self.totals) if n},
-        })
+        self.emit(DriverDone(driver=self.index, sent=self.sent_total, aborted=self.aborted,
+                             outcomes={OUTCOMES[i]: n for i, n in enumerate(self.totals) if n},
+                             hot_path="c" if ACCELERATED else "python"))
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -401,9 +404,9 @@ def main() -> int:
     line = sys.stdin.readline()
     out = sys.stdout
     try:
-        plan = json.loads(line)
-    except ValueError as e:
-        out.write(json.dumps({"type": "error", "message": f"bad plan on stdin: {e}"}) + "\n")
+        plan = ShardPlan.from_json(json.loads(line))
+    except (ValueError, KeyError, HarnessError) as e:
+        out.write(json.dumps(DriverFault(f"bad plan on stdin: {e!r}").to_json()) + "\n")
         return 2
     loop = new_loop()
     asyncio.set_event_loop(loop)

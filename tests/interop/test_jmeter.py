@@ -35,7 +35,11 @@ def test_headers_defaults_timers_controllers_and_disabled_elements():
         ("list items", "GET", "/items?page=2"), ("item", "GET", "/items/7"), ("checkout", "POST", "/checkout")]
     checkout = s.requests[2]
     assert checkout.body == '{"item": 7}'
-    assert checkout.headers == {"Accept": "application/json", "Authorization": "Bearer secret-7", "Content-Type": "application/json"}
+    assert checkout.headers == {
+        "Accept": "application/json",
+        "Authorization": "Bearer secret-7",
+        "Content-Type": "application/json",
+    }
     assert s.requests[0].headers == {"Accept": "application/json"}
     assert "DELETE" not in {r.method for r in s.requests}  # the disabled sampler
     assert "not supported, ignored: ResponseAssertion (is 200)" in notes
@@ -45,11 +49,26 @@ def test_headers_defaults_timers_controllers_and_disabled_elements():
     assert raw["load"]["users"] == 3  # ${__P(users,25)} with -J users=3
 
 
-@pytest.mark.parametrize("scenario", [
-    {"name": "rt", "app": APP, "load": {"users": 4, "ramp_up": "2s", "loops": 8, "think_time": "150ms"},
-     "requests": [{"path": "/health", "weight": 3}, {"path": "/items", "method": "POST", "json": {"a": 1}, "headers": {"X-K": "v"}}]},
-    {"name": "rt2", "app": APP, "load": {"users": 2, "duration": "30s"}, "requests": [{"path": "/fast?x=1", "name": "fast"}]},
-])
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        {
+            "name": "rt",
+            "app": APP,
+            "load": {"users": 4, "ramp_up": "2s", "loops": 8, "think_time": "150ms"},
+            "requests": [
+                {"path": "/health", "weight": 3},
+                {"path": "/items", "method": "POST", "json": {"a": 1}, "headers": {"X-K": "v"}},
+            ],
+        },
+        {
+            "name": "rt2",
+            "app": APP,
+            "load": {"users": 2, "duration": "30s"},
+            "requests": [{"path": "/fast?x=1", "name": "fast"}],
+        },
+    ],
+)
 def test_export_then_import_round_trips(tmp_path, scenario):
     s = build_scenario(scenario)
     (tmp_path / "p.jmx").write_text(write_jmx(s))
@@ -62,7 +81,9 @@ def test_export_then_import_round_trips(tmp_path, scenario):
 
 
 def test_export_refuses_what_jmeter_cannot_say():
-    s = build_scenario({"app": APP, "load": {"model": "open", "rate": 10, "duration": "5s"}, "requests": [{"path": "/"}]})
+    s = build_scenario(
+        {"app": APP, "load": {"model": "open", "rate": 10, "duration": "5s"}, "requests": [{"path": "/"}]}
+    )
     with pytest.raises(ConfigError, match="only closed-model scenarios"):
         write_jmx(s)
     s = build_scenario({"app": APP, "load": {"users": 1, "loops": 5}, "requests": [{"path": "/", "weight": 2}]})
@@ -84,7 +105,9 @@ def test_bad_plans(tmp_path, text, message):
 
 def test_plan_without_sampler_or_with_undefined_variable(tmp_path):
     seed = (PLANS / "seed_v5.jmx").read_text()
-    (tmp_path / "nosampler.jmx").write_text(seed.replace('testname="GET /health" enabled="true"', 'testname="GET /health" enabled="false"'))
+    (tmp_path / "nosampler.jmx").write_text(
+        seed.replace('testname="GET /health" enabled="true"', 'testname="GET /health" enabled="false"')
+    )
     with pytest.raises(ConfigError, match="no enabled HTTP Request sampler"):
         read_jmx(tmp_path / "nosampler.jmx")
     (tmp_path / "undefined.jmx").write_text(seed.replace(">/health<", ">/items/${MISSING}<"))
@@ -92,6 +115,7 @@ def test_plan_without_sampler_or_with_undefined_variable(tmp_path):
         read_jmx(tmp_path / "undefined.jmx")
 
 
+@pytest.mark.e2e
 def test_export_cli_and_a_run_from_the_seed_plan(tmp_path, env):
     out = subprocess.run(harness_cmd("export-jmx", str(ROOT / "scenarios" / "smoke.toml")), env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
@@ -111,6 +135,7 @@ def test_export_cli_and_a_run_from_the_seed_plan(tmp_path, env):
     assert p.returncode == 2 and "add --app module:app" in p.stderr
 
 
+@pytest.mark.e2e
 def test_a_run_writes_a_jtl_matching_its_summary(tmp_path, env):
     import csv
 
@@ -133,6 +158,10 @@ def test_a_run_writes_a_jtl_matching_its_summary(tmp_path, env):
     for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
         jtl_value = elapsed[max(0, int(q * len(elapsed) + 0.999999) - 1)]
         # JTL keeps whole milliseconds (truncated), the histogram is within 0.4 %
-        assert summary["latency_ms"][name] - 1.0 - 0.01 * summary["latency_ms"][name] <= jtl_value <= summary["latency_ms"][name] * 1.01
+        assert (
+            summary["latency_ms"][name] - 1.0 - 0.01 * summary["latency_ms"][name]
+            <= jtl_value
+            <= summary["latency_ms"][name] * 1.01
+        )
     start = min(int(r["timeStamp"]) for r in rows) / 1000
     assert abs(start - json.loads((run / "run.json").read_text())["t0"]) < 2.0

@@ -12,12 +12,17 @@ from pathlib import Path
 import pytest
 
 from harness.recording import Recording
+from harness.records import AgentHello
 from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
+
+pytestmark = pytest.mark.e2e  # boots servers or runs the CLI as a user does
 
 SCENARIOS = ROOT / "scenarios"
 
 
-def run(env, tmp_path: Path, scenario: str, *flags: str, expect: int = 0) -> tuple[dict, Recording, subprocess.CompletedProcess]:
+def run(
+    env, tmp_path: Path, scenario: str, *flags: str, expect: int = 0
+) -> tuple[dict, Recording, subprocess.CompletedProcess]:
     out = tmp_path / "run"
     path = scenario if os.sep in scenario else str(SCENARIOS / f"{scenario}.toml")
     p = subprocess.run(harness_cmd("run", path, "--out", str(out), "--quiet", *flags), env=env, cwd=ROOT,
@@ -39,16 +44,18 @@ def test_stall_watchdog_names_the_blocking_call(tmp_path, env):
     assert (top["line"], top["function"]) == (line_of(ROOT / "sample_app" / "main.py", "time.sleep(0.05)"), "blocking")
     assert top["kind"] == "blocking-wait" and top["share"] > 0.9
     assert summary["agent"]["loop_lag_ms"]["p99_worst_second"] > 40
-    assert {r["watchdog"] for rows in rec.agents.values() for r in rows if r["type"] == "hello"} == {"sigalrm"}
+    assert {r.watchdog for rows in rec.agents.values() for r in rows if isinstance(r, AgentHello)} == {"sigalrm"}
 
 
 def test_stall_watchdog_leaves_an_apps_own_sigalrm_alone(tmp_path, env):
     """The app installed a SIGALRM handler: the agent watches from its thread and never fires the app's handler."""
     scenario = tmp_path / "alarm.toml"
-    scenario.write_text(f'[app]\ntarget = "alarm_app:app"\napp_dir = "{APPS}"\n[app.readiness]\npath = "/fast"\n'
-                        '[load]\nusers = 10\nduration = "3s"\n[[requests]]\npath = "/blocking"\n[[requests]]\npath = "/fast"\n')
+    scenario.write_text(
+        f'[app]\ntarget = "alarm_app:app"\napp_dir = "{APPS}"\n[app.readiness]\npath = "/fast"\n'
+        '[load]\nusers = 10\nduration = "3s"\n[[requests]]\npath = "/blocking"\n[[requests]]\npath = "/fast"\n'
+    )
     summary, rec, _ = run(env, tmp_path, str(scenario))
-    assert {r["watchdog"] for rows in rec.agents.values() for r in rows if r["type"] == "hello"} == {"thread"}
+    assert {r.watchdog for rows in rec.agents.values() for r in rows if isinstance(r, AgentHello)} == {"thread"}
     top = summary["agent"]["stall_sites"][0]
     assert (top["file"], top["line"]) == (str(APPS / "old_app.py"), line_of(APPS / "old_app.py", "time.sleep(0.05)"))
     assert top["kind"] == "blocking-wait"
@@ -67,19 +74,30 @@ def test_pool_exhaustion_on_sqlite(tmp_path, env):
 
 def test_pool_exhaustion_on_postgres(tmp_path, env, postgres):
     asyncpg_url = postgres.replace("postgresql://", "postgresql+asyncpg://")
-    summary, rec, _ = run(env, tmp_path, "db_postgres", "--duration", "3s",
-                          "--set", f"app.env.SAMPLE_APP_DATABASE_URL={asyncpg_url}", "--set", f"database.url={postgres}")
+    summary, rec, _ = run(
+        env,
+        tmp_path,
+        "db_postgres",
+        "--duration",
+        "3s",
+        "--set",
+        f"app.env.SAMPLE_APP_DATABASE_URL={asyncpg_url}",
+        "--set",
+        f"database.url={postgres}",
+    )
     (pool,) = summary["agent"]["pools"]
     assert pool["checked_out_max"] == pool["size"] == 2 and pool["acquire_p99_ms"] >= 100
-    watched = [r for r in rec.db if r.get("kind") == "postgres"]
-    assert watched and watched[0]["max_connections"] == 50
-    assert max(r["total"] for r in watched) >= 2  # the app's two pooled connections, seen from the server
-    db_conns = [p["db_conns"] for s in rec.samples for p in s["procs"] if "db_conns" in p]
-    assert max(db_conns) == 2
+    watched = [r for r in rec.db if r.kind == "postgres"]
+    assert watched and watched[0].max_connections == 50
+    assert max(r.total for r in watched) >= 2  # the app's two pooled connections, seen from the server
+    db_conns = [p.db_conns for s in rec.samples for p in s.procs if p.db_conns is not None]
+    assert max(db_conns) == 2 == summary["resources"]["db_conns_max"]
 
 
 def test_missing_postgres_is_named(tmp_path, env):
-    _, _, p = run(env, tmp_path, "db_postgres", "--set", "database.url=postgresql://postgres@127.0.0.1:1/postgres", expect=2)
+    _, _, p = run(
+        env, tmp_path, "db_postgres", "--set", "database.url=postgresql://postgres@127.0.0.1:1/postgres", expect=2
+    )
     assert "cannot reach PostgreSQL at postgresql://postgres@127.0.0.1:1/postgres" in p.stderr
     assert "Traceback" not in p.stderr
 
@@ -100,18 +118,20 @@ def test_hotspot_categories(tmp_path, env, scenario, category):
 
 def test_every_worker_streams_including_a_respawned_one(tmp_path, env):
     out = tmp_path / "run"
-    with cli_in_background(env, "run", str(SCENARIOS / "smoke.toml"), "--duration", "10s", "--out", str(out), "--quiet") as proc:
+    with cli_in_background(
+        env, "run", str(SCENARIOS / "smoke.toml"), "--duration", "10s", "--out", str(out), "--quiet"
+    ) as proc:
         wait_until(proc, lambda: len(list(out.glob("agent-*.jsonl"))) >= 2 and _has_load(out))
         victim = int(sorted(out.glob("agent-*.jsonl"))[0].stem.split("-")[1])
         os.kill(victim, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     rec = Recording.load(out)
-    kinds = {(e["kind"], e.get("pid")) for e in rec.events}
+    kinds = {(e.kind, e.pid) for e in rec.events}
     assert ("worker-exited", victim) in kinds
     started = [pid for kind, pid in kinds if kind == "worker-started"]
     assert started, rec.events
-    sampled = {p["pid"] for s in rec.samples for p in s["procs"] if p["role"] == "worker"}
+    sampled = {p.pid for s in rec.samples for p in s.procs if p.role == "worker"}
     assert victim in sampled and set(started) <= sampled
     assert sampled <= set(rec.agents)  # a stream for every worker, the respawned one included
     summary = json.loads((out / "summary.json").read_text())
@@ -134,7 +154,7 @@ def test_profile_window_writes_pyinstrument_and_yappi(tmp_path, env):
 def test_no_agent_runs_the_plain_app(tmp_path, env):
     summary, rec, _ = run(env, tmp_path, "smoke", "--duration", "2s", "--no-agent")
     assert summary["agent"] is None and not rec.agents and summary["errors"]["total"] == 0
-    assert not (rec.path / ".agent").exists() or "fastapi_harness_agent" not in " ".join(rec.run["server"]["command"])
+    assert not (rec.path / ".agent").exists() or "fastapi_harness_agent" not in " ".join(rec.run.server.command)
 
 
 def test_agent_that_cannot_write_leaves_the_app_serving(tmp_path, env):
@@ -148,7 +168,9 @@ def test_agent_that_cannot_write_leaves_the_app_serving(tmp_path, env):
 
 def test_target_that_is_not_asgi(tmp_path, env):
     scenario = tmp_path / "bad.toml"
-    scenario.write_text(f'[app]\ntarget = "not_asgi:app"\napp_dir = "{APPS}"\n[load]\nusers = 1\nloops = 1\n[[requests]]\npath = "/"\n')
+    scenario.write_text(
+        f'[app]\ntarget = "not_asgi:app"\napp_dir = "{APPS}"\n[load]\nusers = 1\nloops = 1\n[[requests]]\npath = "/"\n'
+    )
     _, _, p = run(env, tmp_path, str(scenario), expect=2)
     assert "not_asgi:app is not an ASGI application (it is a dict)" in p.stderr
 
@@ -161,20 +183,22 @@ def test_app_with_its_own_loop_policy_and_middleware(tmp_path, env):
     from harness.analysis import inside
 
     routes = inside.routes(rec)
-    assert routes["GET /items/{item_id}"]["n"] >= summary["requests"]  # the template, not the raw path
+    assert routes["GET /items/{item_id}"].n >= summary["requests"]  # the template, not the raw path
     assert summary["agent"]["loop_lag_ms"]["max"] > 0 and summary["errors"]["total"] == 0
 
 
-def test_agent_in_an_old_stack(tmp_path, env):
+def test_agent_in_an_old_stack(tmp_path, env, tmp_path_factory):
     """FastAPI 0.79, pydantic 1, uvicorn 0.18 in their own virtualenv, on the oldest Python here."""
-    python = _old_stack_python()
+    python = _old_stack_python(tmp_path_factory.getbasetemp())
     scenario = tmp_path / "old.toml"
-    scenario.write_text(f'[app]\ntarget = "old_app:app"\napp_dir = "{APPS}"\npython = "{python}"\n'
-                        '[app.readiness]\npath = "/fast"\n[load]\nusers = 5\nduration = "2s"\n[[requests]]\npath = "/blocking"\n')
+    scenario.write_text(
+        f'[app]\ntarget = "old_app:app"\napp_dir = "{APPS}"\npython = "{python}"\n'
+        '[app.readiness]\npath = "/fast"\n[load]\nusers = 5\nduration = "2s"\n[[requests]]\npath = "/blocking"\n'
+    )
     summary, rec, _ = run(env, tmp_path, str(scenario))
-    hello = next(r for rows in rec.agents.values() for r in rows if r["type"] == "hello")
-    assert hello["versions"]["fastapi"] == "0.79.0" and hello["versions"]["pydantic"].startswith("1.")
-    assert hello["versions"]["uvicorn"] == "0.18.3"
+    hello = next(r for rows in rec.agents.values() for r in rows if isinstance(r, AgentHello))
+    assert hello.versions["fastapi"] == "0.79.0" and hello.versions["pydantic"].startswith("1.")
+    assert hello.versions["uvicorn"] == "0.18.3"
     top = summary["agent"]["stall_sites"][0]
     assert (top["file"], top["line"]) == (str(APPS / "old_app.py"), line_of(APPS / "old_app.py", "time.sleep(0.05)"))
     assert summary["agent"]["threadpool"]["total"] == 40
@@ -187,12 +211,17 @@ def _has_load(out: Path) -> bool:
         return False
 
 
-def _old_stack_python() -> str:
-    """A cached virtualenv with the old stack, on the oldest CPython ≥ 3.9 on this machine."""
-    candidates = sorted(Path.home().glob(".pyenv/versions/3.*/bin/python3"), key=lambda p: _version(p.parent.parent.name))
+def _old_stack_python(tmp: Path) -> str:
+    """A virtualenv with the old stack, on the oldest CPython ≥ 3.9 on this machine: built under the
+    session's temp dir, or kept in $FASTAPI_HARNESS_TEST_CACHE when set (the README's Tests section)."""
+    candidates = sorted(
+        Path.home().glob(".pyenv/versions/3.*/bin/python3"), key=lambda p: _version(p.parent.parent.name)
+    )
     base = next((str(p) for p in candidates if _version(p.parent.parent.name) >= (3, 9)), sys.executable)
-    version = subprocess.check_output([base, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], text=True).strip()
-    venv = Path.home() / ".cache" / "fastapi-harness-tests" / f"old-stack-py{version}"
+    version = subprocess.check_output(
+        [base, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], text=True
+    ).strip()
+    venv = Path(os.environ.get("FASTAPI_HARNESS_TEST_CACHE") or tmp) / f"old-stack-py{version}"
     python = venv / "bin" / "python"
     if not (venv / "ready").exists():
         subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)

@@ -1,7 +1,10 @@
-"""Compare configurations: expand a matrix of scenario overrides, run it interleaved and repeated.
+"""Compare configurations: expand a matrix of scenario overrides, run it interleaved and repeated;
+and diff two runs (or two compare directories).
 
 Every configuration is validated before anything runs; a configuration whose app fails
-to boot is recorded as failed and the others still run; Ctrl-C keeps what finished.
+to boot is recorded as failed and the others still run; Ctrl-C keeps what finished. How one
+configuration is run is the caller's (``run``): a diagnose search or a fixed load, a real
+target or a fake one.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.config import Scenario, build_scenario
+from harness.analysis.compare import Delta, bootstrap_deltas, comparable, matrix_table, regressions
+from harness.analysis.stages import Stage, stages
+from harness.analysis.verdict import diagnose
+from harness.config import SERVERS, Scenario, build_scenario
 from harness.errors import ConfigError, HarnessError, Interrupted, TargetError
-from harness.diagnose import DiagnoseOptions
-from harness.runner import run_scenario
+from harness.recording import Recording
+
+RUNS_JSON = "runs.json"
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,11 @@ def parse_axes(workers: str | None, servers: str | None, sets: list[str]) -> lis
     if workers:
         axes.append(("app.workers", _values("--workers", workers)))
     if servers:
-        axes.append(("app.server", _values("--server", servers)))
+        values = _values("--server", servers)
+        unknown = [v for v in values if v not in SERVERS]
+        if unknown:
+            raise ConfigError(f"--server {','.join(unknown)}: expected one of {', '.join(SERVERS)}")
+        axes.append(("app.server", values))
     for item in sets:
         path, sep, values = item.partition("=")
         if not sep or not path:
@@ -81,14 +92,16 @@ def run_matrix(
     scenarios: list[Scenario],
     out_dir: Path,
     repeat: int,
-    diagnose: DiagnoseOptions | None,
+    mode: str,
+    run: Callable[[Scenario, Path, Callable[[str], None]], object],
     finish: Callable[[Path], dict[str, Any]],
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Run A B C A B C ...; return the compare record (also written as compare/runs.json)."""
+    """Run A B C A B C ... (``run(scenario, run_dir, say)`` each, ``finish(run_dir)`` for its summary);
+    return the compare record (also written as compare/runs.json). ``mode``: diagnose | fixed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    record = {"mode": "diagnose" if diagnose else "fixed", "repeat": repeat, "runs": runs,
+    record = {"mode": mode, "repeat": repeat, "runs": runs,
               "configs": [{"label": c.label, "overrides": c.overrides} for c in configs], "interrupted": False}
     order = [(r, i) for r in range(repeat) for i in range(len(configs))]
     try:
@@ -98,7 +111,7 @@ def run_matrix(
             say(f"[{n}/{len(order)}] {cfg.label} (repeat {r + 1})")
             entry: dict[str, Any] = {"order": n, "label": cfg.label, "repeat": r + 1, "dir": run_dir.name}
             try:
-                run_scenario(scenario, run_dir, diagnose=diagnose, say=lambda line: say("    " + line))
+                run(scenario, run_dir, lambda line: say("    " + line))
             except TargetError as e:
                 entry["error"] = str(e).splitlines()[0]
                 say(f"    failed: {entry['error']}")
@@ -116,8 +129,62 @@ def run_matrix(
                 entry["summary"] = finish(run_dir)
             runs.append(entry)
     finally:
-        (out_dir / "runs.json").write_text(json.dumps(record, indent=2, default=str))
+        (out_dir / RUNS_JSON).write_text(json.dumps(record, indent=2, default=str))
     return record
+
+
+def read_matrix(out_dir: Path) -> dict[str, Any]:
+    """The compare record a (possibly interrupted) ``run_matrix`` left in ``out_dir``."""
+    return json.loads((out_dir / RUNS_JSON).read_text())
+
+
+def summarize_matrix(
+    out_dir: Path, record: dict[str, Any], cores: int
+) -> tuple[dict[str, Any], dict[str, list[Stage]]]:
+    """The comparison table (compare/summary.json's ``table``) and, per configuration, the stages of
+    its first completed run (the curves the report overlays)."""
+    table = matrix_table(record, lambda d: Recording.load(out_dir / d), cores)
+    curves = {}
+    for cfg in record["configs"]:
+        first = next((r for r in record["runs"] if r["label"] == cfg["label"] and "summary" in r), None)
+        if first:
+            curves[cfg["label"]] = stages(Recording.load(out_dir / first["dir"]))
+    return table, curves
+
+
+@dataclass(frozen=True)
+class RunDiff:
+    """Two runs compared: the deltas with their intervals, the change of first bottleneck, the gate."""
+
+    label: str
+    before: Recording
+    after: Recording
+    deltas: list[Delta]
+    verdict_change: str | None
+    regressions: list[str]
+    refused: str | None  # why the runs should not be compared (given --force)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "before": str(self.before.path), "after": str(self.after.path),
+                "deltas": [d.to_dict() for d in self.deltas], "verdict_change": self.verdict_change,
+                "regressions": self.regressions, "refused": self.refused}
+
+
+def diff_runs(before: Path, after: Path, threshold: float | None = None, force: bool = False) -> list[RunDiff]:
+    """``fastapi-harness diff``: each pair of runs (two runs, or the shared configurations of two
+    compare directories) re-diagnosed and compared; refuses runs of different scenarios or machines
+    unless ``force``."""
+    out = []
+    for label, a_dir, b_dir in diff_pairs(before, after):
+        a, b = Recording.load(a_dir), Recording.load(b_dir)
+        why = comparable(a, b)
+        if why and not force:
+            raise ConfigError(f"{a_dir} and {b_dir} are {why}; pass --force to compare them anyway")
+        deltas = bootstrap_deltas(a, b)
+        va, vb = diagnose(a).verdict.bottleneck, diagnose(b).verdict.bottleneck
+        out.append(RunDiff(label, a, b, deltas, f"First bottleneck moved from {va} to {vb}." if va != vb else None,
+                           regressions(deltas, threshold) if threshold is not None else [], why))
+    return out
 
 
 def _slug(label: str) -> str:
@@ -126,10 +193,10 @@ def _slug(label: str) -> str:
 
 def diff_pairs(a: Path, b: Path) -> list[tuple[str, Path, Path]]:
     """(label, before, after): one pair for two runs, one per shared configuration for two compare directories."""
-    if (a / "runs.json").is_file() and (b / "runs.json").is_file():
+    if (a / RUNS_JSON).is_file() and (b / RUNS_JSON).is_file():
         def first_runs(d: Path) -> dict[str, Path]:
             out: dict[str, Path] = {}
-            for r in json.loads((d / "runs.json").read_text())["runs"]:
+            for r in read_matrix(d)["runs"]:
                 if "summary" in r:
                     out.setdefault(r["label"], d / r["dir"])
             return out

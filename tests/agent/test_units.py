@@ -73,8 +73,18 @@ def test_tally_counts_routes_raw_paths_errors_and_slow_requests_a_tick_later():
     mw = AgentMiddleware(app, agent)
     assert agent.routes is mw
     fast, items = Route("/fast"), Route("/items/{id}")
-    serve(mw, [request("/fast", fast)] * 5 + [request("/items/1", items), request("/items/2", items),
-               request("/items/3", items, "POST"), request("/nowhere"), request("/boom"), request("/slow", Route("/slow"))])
+    serve(
+        mw,
+        [request("/fast", fast)] * 5
+        + [
+            request("/items/1", items),
+            request("/items/2", items),
+            request("/items/3", items, "POST"),
+            request("/nowhere"),
+            request("/boom"),
+            request("/slow", Route("/slow")),
+        ],
+    )
     assert agent.started == 1
     assert mw.drain()["routes"] == {}  # the tick just taken away is read at the next one
     rec = mw.drain()

@@ -16,6 +16,8 @@ from harness.analysis import inside
 from harness.recording import Recording
 from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
 
+pytestmark = pytest.mark.e2e  # boots servers or runs the CLI as a user does
+
 SMOKE = str(ROOT / "scenarios" / "smoke.toml")
 
 
@@ -46,12 +48,12 @@ def test_smoke_run_two_workers(tmp_path, env):
     assert 10 <= lat["p50"] <= lat["p99"] <= lat["max"]  # /health sleeps 10 ms
     rec = Recording.load(out)
     ok = sum(s.outcomes.get("ok", 0) for s in rec.seconds)
-    assert summary["requests"] == ok + summary["errors"]["total"] == rec.totals["sent"] > 100
+    assert summary["requests"] == ok + summary["errors"]["total"] == rec.totals.sent > 100
     assert summary["errors"]["total"] == 0
     # both worker PIDs were sampled with CPU, memory and FDs, and the FD limit was raised and recorded
-    sampled = {p["pid"]: p for s in rec.samples for p in s["procs"] if p["role"] == "worker"}
+    sampled = {p.pid: p for s in rec.samples for p in s.procs if p.role == "worker"}
     assert set(sampled) == set(summary["worker_pids"])
-    assert all(p["rss_mb"] > 0 and p["fds"] > 0 and p["fd_limit"] == rec.run["limits"]["nofile_soft"] for p in sampled.values())
+    assert all(p.rss_mb > 0 and p.fds > 0 and p.fd_limit == rec.run.limits["nofile_soft"] for p in sampled.values())
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "smoke" in html
     assert (out / "server.stderr.log").exists()
@@ -65,10 +67,10 @@ def test_closed_model_sends_users_times_loops_exactly(tmp_path, env):
     p = run_cli(env, "run", str(scenario), "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     rec = Recording.load(out)
-    assert rec.totals["drivers_done"] == 2
-    assert rec.totals["sent"] == 91 and rec.totals["outcomes"] == {"ok": 91}
+    assert rec.totals.drivers_done == 2
+    assert rec.totals.sent == 91 and rec.totals.outcomes == {"ok": 91}
     assert json.loads((out / "summary.json").read_text())["requests"] == 91
-    assert inside.routes(rec)["GET /fast"]["n"] == 91  # the agent counted each one, the last tick's too
+    assert inside.routes(rec)["GET /fast"].n == 91  # the agent counted each one, the last tick's too
 
 
 def test_open_model_offers_the_planned_arrivals(tmp_path, env):
@@ -91,7 +93,7 @@ def test_factory_app_under_each_server(tmp_path, env, server):
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["server"] == server and summary["workers"] == 2 and summary["errors"]["total"] == 0
-    roles = {p["role"] for s in Recording.load(out).samples for p in s["procs"]}
+    roles = {p.role for s in Recording.load(out).samples for p in s.procs}
     assert roles == {"master", "worker", "driver"}
 
 
@@ -160,7 +162,8 @@ def test_url_mode_samples_the_given_pid(tmp_path, env):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "sample_app.main:app", "--port", str(port),
-                               "--no-access-log", "--log-level", "warning"], cwd=ROOT, env=env)
+                               "--no-access-log", "--log-level", "warning"], cwd=ROOT,
+                              env={**env, "FASTAPI_HARNESS_RUN_DIR": str(tmp_path)})  # its SQLite file goes there
     try:
         _wait_port(port)
         out = tmp_path / "run"
@@ -199,3 +202,11 @@ def _wait_port(port: int) -> None:
                 return
         time.sleep(0.1)
     pytest.fail(f"server on {port} never came up")
+
+
+def test_a_bug_in_analysis_is_a_crash_with_a_traceback(tmp_path, env):
+    p = run_cli(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/fast", "--users", "2",
+                "--duration", "1s", "--detector", "tests.apps.detectors:buggy", "--out", str(tmp_path / "run"))
+    assert p.returncode == 1 and "Traceback" in p.stderr and "a_module_that_is_not_installed" in p.stderr
+    assert "--detector" not in p.stderr.splitlines()[-1]  # not dressed up as the user's mistake
+    assert (tmp_path / "run" / "driver.jsonl").stat().st_size  # what was measured is kept

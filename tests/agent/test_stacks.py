@@ -108,6 +108,10 @@ def test_classify_inside_a_library_names_the_app_frame_that_called_it():
 def test_classify_calls_a_stack_parked_in_the_selector_idle():
     import selectors
 
-    idle_code = selectors.EpollSelector.select.__code__ if hasattr(selectors, "EpollSelector") else selectors.SelectSelector.select.__code__
+    idle_code = (
+        selectors.EpollSelector.select.__code__
+        if hasattr(selectors, "EpollSelector")
+        else selectors.SelectSelector.select.__code__
+    )
     raw = [idle_code, 0] + stacks.grab(sys._getframe())
     assert stacks.classify(raw) == ("idle", None)

@@ -16,8 +16,9 @@ from typing import Any, Iterator
 import pytest
 
 from harness.config import build_scenario
-from harness.load.jtl import join_parts
+from harness.load.jtl import _part_lines, join_parts
 from harness.load.manager import DriverFleet, shard_plans
+from harness.records import DriverDone, DriverRecord, DriverSecond
 
 BEHAVIOURS = ["ok", "missing", "boom", "hang", "reset", "garbage", "close"]
 EXPECTED = {"ok": 4, "4xx": 2, "5xx": 2, "timeout": 2, "connection-reset": 2, "other": 2}  # 14 requests, 2 of each
@@ -41,7 +42,9 @@ class Misbehaving(asyncio.Protocol):
             elif path == "/garbage":
                 self.t.write(b"SPDY/9 what\r\n\r\n")
             elif path != "/hang":
-                status = {"/ok": "200 OK", "/missing": "404 Not Found", "/boom": "500 Internal Server Error"}.get(path, "200 OK")
+                status = {"/ok": "200 OK", "/missing": "404 Not Found", "/boom": "500 Internal Server Error"}.get(
+                    path, "200 OK"
+                )
                 close = path == "/close"
                 extra = "Connection: close\r\n" if close else ""
                 self.t.write(f"HTTP/1.1 {status}\r\nContent-Length: 2\r\n{extra}\r\nhi".encode())
@@ -79,7 +82,7 @@ def hot_path(request, monkeypatch) -> str:
 def drive(port: int, tmp_path: Path, jtl: bool = False, load: dict[str, Any] = CLOSED) -> list[dict[str, Any]]:
     scenario = build_scenario({"load": load, "requests": [{"path": f"/{b}"} for b in BEHAVIOURS]})
     plans = shard_plans(scenario, "127.0.0.1", port, time.time() + 0.2, 1, jtl_dir=tmp_path if jtl else None)
-    records: list[dict[str, Any]] = []
+    records: list[DriverRecord] = []
     with DriverFleet(plans, records.append, tmp_path) as fleet:
         deadline = time.monotonic() + 30
         while not fleet.finished():
@@ -91,18 +94,15 @@ def drive(port: int, tmp_path: Path, jtl: bool = False, load: dict[str, Any] = C
 @pytest.mark.parametrize("load", [CLOSED, OPEN], ids=["closed", "open"])
 def test_every_outcome_class_is_counted_where_it_belongs(server_port, tmp_path, load, hot_path):
     records = drive(server_port, tmp_path, load=load)
-    done = [r for r in records if r["type"] == "done"]
-    seconds = [r for r in records if r["type"] == "second"]
-    assert done[0]["hot_path"] == hot_path, "the C hot path is not built: pip install -e . with a C compiler at hand"
-    assert len(done) == 1 and done[0]["outcomes"] == EXPECTED and done[0]["sent"] == 14
-    per_second = Counter()
+    done = [r for r in records if isinstance(r, DriverDone)]
+    seconds = [r for r in records if isinstance(r, DriverSecond)]
+    assert done[0].hot_path == hot_path, "the C hot path is not built: pip install -e . with a C compiler at hand"
+    assert len(done) == 1 and done[0].outcomes == EXPECTED and done[0].sent == 14
+    per_second: Counter[str] = Counter()
     for r in seconds:
-        per_second.update(r["outcomes"])
+        per_second.update(r.outcomes)
     assert per_second == EXPECTED
-    labels = [sum(r["labels"][i][0] for r in seconds) for i in range(len(BEHAVIOURS))]
-    failed = [sum(r["labels"][i][1] for r in seconds) for i in range(len(BEHAVIOURS))]
-    assert labels == [2] * 7 and failed == [0, 2, 2, 2, 2, 2, 0]
-    assert sum(n for r in seconds for _, n in r["hist"]["b"]) == 8  # a latency for every HTTP response
+    assert sum(r.hist.count for r in seconds) == 8  # a latency for every HTTP response
     assert not (tmp_path / "driver-0.stderr.log").read_text()  # the unparsable response is counted, not logged
 
 
@@ -110,13 +110,13 @@ def test_a_refused_connection_is_its_own_outcome(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens once the socket is closed
-    done = [r for r in drive(port, tmp_path) if r["type"] == "done"]
-    assert done[0]["outcomes"] == {"connect-refused": 14}
+    done = [r for r in drive(port, tmp_path) if isinstance(r, DriverDone)]
+    assert done[0].outcomes == {"connect-refused": 14}
 
 
 def test_jtl_lines_carry_each_outcome(server_port, tmp_path, hot_path):
-    done = [r for r in drive(server_port, tmp_path, jtl=True) if r["type"] == "done"]
-    assert done[0]["hot_path"] == hot_path
+    done = [r for r in drive(server_port, tmp_path, jtl=True) if isinstance(r, DriverDone)]
+    assert done[0].hot_path == hot_path
     parts = sorted(str(p) for p in tmp_path.glob("driver-*.jtl.part"))
     assert join_parts(parts, str(tmp_path / "results.jtl")) == 14
     with open(tmp_path / "results.jtl", newline="") as f:
@@ -133,4 +133,5 @@ def test_jtl_lines_carry_each_outcome(server_port, tmp_path, hot_path):
     # a part torn by a killed driver keeps the rows before the tear
     torn = tmp_path / "torn.part"
     torn.write_bytes(Path(parts[0]).read_bytes()[:-3])
-    assert 0 <= join_parts([str(torn)], str(tmp_path / "torn.jtl")) < 14
+    flushes = [len(lines) for lines in _part_lines(parts[0])]
+    assert join_parts([str(torn)], str(tmp_path / "torn.jtl")) == sum(flushes[:-1]) < 14

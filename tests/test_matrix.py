@@ -6,7 +6,12 @@ import dataclasses
 import json
 import subprocess
 
+import pytest
+
+from harness.errors import ConfigError
+from harness.histogram import Histogram
 from harness.recording import Recording
+from harness.records import DriverSecond
 from tests.conftest import DATA, ROOT, harness_cmd
 
 
@@ -18,14 +23,15 @@ def slowed(rec: Recording, factor: float) -> Recording:
     """The same run with every second's successes (and their latencies) scaled by ``factor``."""
     out = []
     for r in rec.driver_records:
-        if r.get("type") == "second":
-            outcomes = {k: round(v * factor) if k == "ok" else v for k, v in r.get("outcomes", {}).items()}
-            hist = {**r["hist"], "b": [[b, max(1, round(c * factor))] for b, c in r["hist"]["b"]]}
-            r = {**r, "outcomes": outcomes, "hist": hist, "sent": round(r["sent"] * factor)}
+        if isinstance(r, DriverSecond):
+            outcomes = {k: round(v * factor) if k == "ok" else v for k, v in r.outcomes.items()}
+            hist = Histogram({b: max(1, round(c * factor)) for b, c in r.hist.counts.items()}, r.hist.max_us)
+            r = dataclasses.replace(r, outcomes=outcomes, hist=hist, sent=round(r.sent * factor))
         out.append(r)
     return dataclasses.replace(rec, driver_records=tuple(out))
 
 
+@pytest.mark.e2e
 def test_diff_of_identical_runs_is_no_change(tmp_path, env):
     run = str(DATA / "diagnose_health")
     p = cli(env, "diff", run, run, "--fail-on-regression", "5%", "--out", str(tmp_path / "d"))
@@ -35,24 +41,42 @@ def test_diff_of_identical_runs_is_no_change(tmp_path, env):
     assert "First bottleneck unchanged." in p.stdout and (tmp_path / "d" / "diff.html").exists()
 
 
+@pytest.mark.e2e
 def test_diff_flags_a_throughput_cut(tmp_path, env):
     after = slowed(Recording.load(DATA / "diagnose_health"), 0.7).save(tmp_path / "after")
-    p = cli(env, "diff", str(DATA / "diagnose_health"), str(after), "--fail-on-regression", "5%", "--out", str(tmp_path / "d"))
+    p = cli(
+        env,
+        "diff",
+        str(DATA / "diagnose_health"),
+        str(after),
+        "--fail-on-regression",
+        "5%",
+        "--out",
+        str(tmp_path / "d"),
+    )
     assert p.returncode == 1, p.stdout + p.stderr
     assert "throughput fell 30.0%" in p.stderr
-    thr = next(d for d in json.loads((tmp_path / "d" / "diff.json").read_text())[0]["deltas"] if d["metric"] == "throughput_rps")
+    thr = next(
+        d
+        for d in json.loads((tmp_path / "d" / "diff.json").read_text())[0]["deltas"]
+        if d["metric"] == "throughput_rps"
+    )
     assert thr["significant"] and thr["change"] < -0.25 and thr["high"] < -0.05
 
 
+@pytest.mark.e2e
 def test_diff_names_a_verdict_change(tmp_path, env):
     p = cli(env, "diff", str(DATA / "diagnose_db"), str(DATA / "diagnose_db"), "--out", str(tmp_path / "d"))
     assert p.returncode == 0
     q = cli(env, "diff", str(DATA / "diagnose_blocking"), str(DATA / "diagnose_db"), "--out", str(tmp_path / "e"))
     assert q.returncode == 2 and "different scenarios" in q.stderr and "--force" in q.stderr
-    r = cli(env, "diff", str(DATA / "diagnose_blocking"), str(DATA / "diagnose_db"), "--force", "--out", str(tmp_path / "f"))
+    r = cli(
+        env, "diff", str(DATA / "diagnose_blocking"), str(DATA / "diagnose_db"), "--force", "--out", str(tmp_path / "f")
+    )
     assert r.returncode == 0 and "First bottleneck moved from event-loop-blocked to db-pool-exhausted." in r.stdout
 
 
+@pytest.mark.e2e
 def test_compare_two_by_two(tmp_path, env):
     out = tmp_path / "cmp"
     p = cli(env, "compare", str(ROOT / "scenarios" / "db.toml"), "--fixed", "--duration", "2s", "--workers", "1,2",
@@ -65,14 +89,22 @@ def test_compare_two_by_two(tmp_path, env):
     run_dirs = sorted(d.name for d in out.iterdir() if (d / "run.json").exists())
     assert len(run_dirs) == 4 and [r["dir"] for r in summary["runs"]["runs"]] == run_dirs
     for w in (1, 2):
-        small = summary["runs"]["runs"][[r["label"] for r in summary["runs"]["runs"]].index(f"workers={w},SAMPLE_APP_POOL_SIZE=1")]
-        big = summary["runs"]["runs"][[r["label"] for r in summary["runs"]["runs"]].index(f"workers={w},SAMPLE_APP_POOL_SIZE=8")]
+        small = summary["runs"]["runs"][
+            [r["label"] for r in summary["runs"]["runs"]].index(f"workers={w},SAMPLE_APP_POOL_SIZE=1")
+        ]
+        big = summary["runs"]["runs"][
+            [r["label"] for r in summary["runs"]["runs"]].index(f"workers={w},SAMPLE_APP_POOL_SIZE=8")
+        ]
         # a pool 8 times larger serves /db/query several times faster
         assert big["summary"]["throughput_rps"] > 2 * small["summary"]["throughput_rps"]
-        assert small["summary"]["verdict"]["bottleneck"] == "db-pool-exhausted" or small["summary"]["latency_ms"]["p99"] > 200
+        assert (
+            small["summary"]["verdict"]["bottleneck"] == "db-pool-exhausted"
+            or small["summary"]["latency_ms"]["p99"] > 200
+        )
     assert "Recommendation" in p.stdout and (out / "report.html").read_text().count("<tr>") >= 5
 
 
+@pytest.mark.e2e
 def test_compare_refuses_bad_input(tmp_path, env):
     scenario = str(ROOT / "scenarios" / "db.toml")
     p = cli(env, "compare", scenario, "--out", str(tmp_path / "a"))
@@ -84,3 +116,18 @@ def test_compare_refuses_bad_input(tmp_path, env):
     p = cli(env, "compare", scenario, "--workers", "1,2,3,4", "--set", "app.env.SAMPLE_APP_POOL_SIZE=1,2,3,4",
             "--out", str(tmp_path / "d"))
     assert p.returncode == 2 and "16 runs" in p.stderr and "--yes" in p.stderr
+
+
+def test_diff_as_a_function_on_committed_runs(tmp_path):
+    from harness.matrix import diff_runs
+
+    same = diff_runs(DATA / "diagnose_health", DATA / "diagnose_health", threshold=0.05)
+    assert len(same) == 1 and same[0].verdict_change is None and same[0].regressions == []
+    after = slowed(Recording.load(DATA / "diagnose_health"), 0.7).save(tmp_path / "after")
+    cut = diff_runs(DATA / "diagnose_health", after, threshold=0.05)[0]
+    assert any("throughput fell 30.0%" in r for r in cut.regressions)
+    with pytest.raises(ConfigError, match="different scenarios"):
+        diff_runs(DATA / "diagnose_blocking", DATA / "diagnose_db")
+    moved = diff_runs(DATA / "diagnose_blocking", DATA / "diagnose_db", force=True)[0]
+    assert moved.verdict_change == "First bottleneck moved from event-loop-blocked to db-pool-exhausted."
+    assert moved.refused and json.loads(json.dumps(moved.to_json()))["refused"] == moved.refused

@@ -8,6 +8,7 @@ import pytest
 
 from harness.config import build_scenario
 from harness.load.manager import default_drivers, request_bytes, shard_plans, weighted_cycle
+from harness.records import ShardPlan
 
 
 def test_weighted_cycle_is_exact_and_interleaved():
@@ -21,22 +22,29 @@ def test_weighted_cycle_is_exact_and_interleaved():
 def test_closed_shards_partition_users():
     s = build_scenario({"load": {"users": 10, "ramp_up": "10s", "loops": 3}, "requests": [{"path": "/"}]})
     plans = shard_plans(s, "127.0.0.1", 8000, 0.0, 3)
-    offsets = sorted(o for p in plans for o in p["user_offsets"])
+    offsets = sorted(o for p in plans for o in p.user_offsets)
     assert offsets == pytest.approx([float(i) for i in range(10)])
-    assert all(p["loops"] == 3 for p in plans)
+    assert all(p.loops == 3 for p in plans)
+    assert [ShardPlan.from_json(json.loads(json.dumps(p.to_json()))) for p in plans] == plans  # the wire contract
     assert len(shard_plans(s, "127.0.0.1", 8000, 0.0, 50)) == 10  # never more drivers than users
 
 
 def test_open_shards_split_rate():
-    s = build_scenario({"load": {"model": "open", "rate": 90, "duration": "2s", "connections": 30}, "requests": [{"path": "/"}]})
+    s = build_scenario(
+        {"load": {"model": "open", "rate": 90, "duration": "2s", "connections": 30}, "requests": [{"path": "/"}]}
+    )
     plans = shard_plans(s, "127.0.0.1", 8000, 0.0, 3)
-    assert [p["points"][0][1] for p in plans] == pytest.approx([30, 30, 30])
-    assert [p["connections"] for p in plans] == [10, 10, 10]
+    assert [p.points[0][1] for p in plans] == pytest.approx([30, 30, 30])
+    assert [p.connections for p in plans] == [10, 10, 10]
 
 
 def test_request_bytes_parse_as_http():
-    s = build_scenario({"load": {"users": 1, "loops": 1},
-                        "requests": [{"path": "/items?q=1", "method": "POST", "json": {"a": "é"}, "headers": {"X-Id": "7"}}]})
+    s = build_scenario(
+        {
+            "load": {"users": 1, "loops": 1},
+            "requests": [{"path": "/items?q=1", "method": "POST", "json": {"a": "é"}, "headers": {"X-Id": "7"}}],
+        }
+    )
     wire = request_bytes(s.requests[0], "127.0.0.1", 9).encode("latin-1")
     seen = {}
 

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from harness.analysis.knee import MIN_REQUESTS_FOR_P99, past_knee
 from harness.analysis.stages import stage_from_seconds
-from harness.config import LoadConfig, Scenario
-from harness.recording import Recording
+from harness.config import LoadConfig, Scenario, parse_duration
+from harness.errors import ConfigError
+from harness.recording import merge_seconds
 
 if TYPE_CHECKING:
-    from harness.runner import Session
+    from harness.session import Session
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,37 @@ class DiagnoseOptions:
     calibrate_s: float = 3.0
     closed: bool = False  # step virtual users instead of the arrival rate
 
+    @classmethod
+    def from_flags(cls, max_rate: float, max_time: str, step: str, max_users: int = 10_000,
+                   closed: bool = False) -> DiagnoseOptions:
+        """The options the command line gives, checked (a ConfigError names the flag)."""
+        try:
+            max_time_s, step_s = parse_duration(max_time), parse_duration(step)
+        except ValueError as e:
+            raise ConfigError(f"--max-time/--step: {e}") from None
+        if max_time_s <= 0 or step_s <= 0 or max_rate <= 0 or max_users < 1:
+            raise ConfigError("--max-time, --step, --max-rate and --max-users must be positive")
+        return cls(max_rate=max_rate, max_users=max_users, max_time_s=max_time_s, step_s=step_s, closed=closed)
 
-def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, say: Callable[[str], None]) -> None:
-    """Diagnose mode: calibrate, step the load ×factor until something gives, then hold at the knee and profile."""
+
+class KneeSearch:
+    """Diagnose mode's load plan: calibrate, step the load ×factor until something gives, then hold
+    at the knee and profile."""
+
+    mode = "diagnose"
+
+    def __init__(self, opts: DiagnoseOptions, say: Callable[[str], None] = lambda line: None):
+        self.opts, self.say = opts, say
+
+    def options(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.opts)
+
+    def __call__(self, session: Session) -> None:
+        search_knee(session, session.scenario, self.opts, self.say)
+
+
+def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say: Callable[[str], None]) -> None:
+    """Calibrate, step the load ×factor until something gives, then hold at the knee and profile."""
     load = scenario.load
     if load.model == "open":
         # the scenario names a rate: start there (a calibration burst would also run leaks dry before the first step)
@@ -44,8 +73,7 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         start = session.next_start()
         records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start)
         session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
-        calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users,
-                                   Recording(run={}, driver_records=tuple(records)).seconds)
+        calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users, merge_seconds(records))
         capacity = calib.achieved_rps if calib else 0.0
         say(f"calibration: {users} users → {capacity:,.0f} req/s")
         level = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
@@ -62,9 +90,10 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         start = session.next_start()
         step, offered, users_ = _at_level(scenario, level, opts.closed, opts.step_s)
         records = session.drive(step, start, deadline=deadline)
-        session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_)
-        stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_,
-                                   Recording(run={}, driver_records=tuple(records)).seconds)
+        session.event(
+            "stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_
+        )
+        stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_, merge_seconds(records))
         if stage is None:
             break
         # the hold profiles at the last level stepped (not at one never tried), offering no more than
@@ -75,8 +104,11 @@ def search_knee(session: "Session", scenario: Scenario, opts: DiagnoseOptions, s
         tail = stage.p99_ms if stage.requests >= MIN_REQUESTS_FOR_P99 else stage.p90_ms
         baseline = baseline or tail or 1.0
         why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
-        say(f"step {index}: {_level(level, opts.closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 {stage.p99_ms:,.1f} ms, "
-            f"errors {stage.error_rate:.1%}" + (f"  ← knee: {why}" if why else ""))
+        say(
+            f"step {index}: {_level(level, opts.closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 "
+            f"{stage.p99_ms:,.1f} ms, "
+            f"errors {stage.error_rate:.1%}" + (f"  ← knee: {why}" if why else "")
+        )
         if why:
             break
         nxt = level * opts.factor
@@ -98,7 +130,9 @@ def _level(level: float, closed: bool) -> str:
     return f"{int(level)} users" if closed else f"{level:,.0f} req/s offered"
 
 
-def _at_level(scenario: Scenario, level: float, closed: bool, seconds: float) -> tuple[Scenario, float | None, int | None]:
+def _at_level(
+    scenario: Scenario, level: float, closed: bool, seconds: float
+) -> tuple[Scenario, float | None, int | None]:
     """The scenario loaded at ``level`` (users when closed, req/s offered when open) for ``seconds``,
     and the level as a stage records it: (scenario, offered_rps, users)."""
     if closed:

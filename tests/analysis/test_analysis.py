@@ -9,15 +9,15 @@ import random
 import pytest
 
 from harness.analysis.detectors import theil_sen
+from harness.analysis.findings import Verdict
 from harness.analysis.knee import find_knee, fit_usl
 from harness.analysis.stages import Stage, stages, sustained_onset
 from harness.analysis.summary import summarize
 from harness.analysis.verdict import diagnose
+from harness.histogram import Histogram
 from harness.recording import Recording
+from harness.records import AgentTick, DriverSecond
 from tests.conftest import DATA
-
-VERDICT_KEYS = {"bottleneck", "summary", "onset", "call_site", "hotspot", "evidence", "recommendation",
-                "confidence", "secondary", "knee"}
 
 
 def load(name: str) -> Recording:
@@ -38,34 +38,32 @@ def load(name: str) -> Recording:
 ])
 def test_known_recordings(name, kind, hotspot, function):
     v = diagnose(load(name)).verdict
-    assert v["bottleneck"] == kind, v["summary"]
-    assert VERDICT_KEYS <= set(v)
-    json.dumps(v)  # the verdict is plain JSON
-    if hotspot:
-        assert v["hotspot"] == hotspot
+    assert v.bottleneck == kind, v.summary
+    assert Verdict.from_json(json.loads(json.dumps(v.to_json()))) == v  # summary.json's verdict reads back
+    assert v.hotspot == hotspot
     if function:
-        assert v["call_site"]["function"] == function and v["call_site"]["file"].endswith("sample_app/main.py")
+        assert v.call_site.function == function and v.call_site.file.endswith("sample_app/main.py")
     if kind not in ("none", "load-generator-saturated"):
-        assert v["onset"]["t_s"] is not None and v["recommendation"] and 0 < v["confidence"] <= 1
+        assert v.onset.t_s is not None and v.recommendation and 0 < v.confidence <= 1
 
 
 def test_invalid_run_claims_nothing_else():
     v = diagnose(load("diagnose_starved")).verdict
-    assert v["secondary"] == [] and "load generator" in v["summary"]
+    assert v.secondary == () and v.invalid and "load generator" in v.summary
 
 
 def test_blocked_loop_is_named_with_its_evidence():
     v = diagnose(load("diagnose_blocking")).verdict
-    assert v["knee"]["offered_rps"] and v["onset"]["offered_rps"]
-    assert "`blocking()`" in v["summary"]
-    assert any("stalls" in e for e in v["evidence"])
-    assert "worker CPU" in v["summary"] and "await" in v["recommendation"]
+    assert v.knee["offered_rps"] and v.onset.offered_rps
+    assert "`blocking()`" in v.summary
+    assert any("stalls" in e for e in v.evidence)
+    assert "worker CPU" in v.summary and "await" in v.recommendation
 
 
 def test_pool_finding_says_whether_the_database_was_busy():
     v = diagnose(load("diagnose_db")).verdict
-    assert any("SQLite runs inside the worker" in e or "PostgreSQL" in e for e in v["evidence"])
-    assert any("acquire wait p99" in e for e in v["evidence"])
+    assert any("SQLite runs inside the worker" in e for e in v.evidence)
+    assert any("acquire wait p99" in e for e in v.evidence)
 
 
 def test_fd_onset_precedes_the_errors():
@@ -76,25 +74,27 @@ def test_fd_onset_precedes_the_errors():
 
 
 def _with_agent_ticks(rec: Recording, change) -> Recording:
-    agents = {pid: tuple(change(dict(r)) if r.get("type") == "tick" else r for r in rows) for pid, rows in rec.agents.items()}
+    agents = {
+        pid: tuple(change(r) if isinstance(r, AgentTick) else r for r in rows) for pid, rows in rec.agents.items()
+    }
     return dataclasses.replace(rec, agents=agents)
 
 
 def test_a_short_gc_pause_is_not_a_blocked_loop():
     rec = load("diagnose_health")
-    ticks = [r for rows in rec.agents.values() for r in rows if r.get("type") == "tick"]
-    victim = ticks[len(ticks) // 2]["seq"]
-    noisy = _with_agent_ticks(rec, lambda r: {**r, "lag_ms": r["lag_ms"] + [45.0],
-                                              "gc": {"pause_ms": 45.0, "collections": [0, 0, 1]}} if r["seq"] == victim else r)
+    ticks = [r for rows in rec.agents.values() for r in rows if isinstance(r, AgentTick)]
+    victim = ticks[len(ticks) // 2].seq
+    noisy = _with_agent_ticks(rec, lambda r: dataclasses.replace(r, lag_ms=(*r.lag_ms, 45.0), gc_pause_ms=45.0,
+                                                                 gc_collections=(0, 0, 1)) if r.seq == victim else r)
     d = diagnose(noisy)
-    assert d.verdict["bottleneck"] == "none"
+    assert d.verdict.bottleneck == "none"
     assert not [f for f in d.findings if f.kind == "event-loop-blocked"]
 
 
 def test_a_sustained_late_loop_is_a_blocked_loop():
     rec = load("diagnose_health")
     t0 = rec.t0
-    late = _with_agent_ticks(rec, lambda r: {**r, "lag_ms": [80.0] * 10} if 3 <= r["t"] - t0 < 6 else r)
+    late = _with_agent_ticks(rec, lambda r: dataclasses.replace(r, lag_ms=(80.0,) * 10) if 3 <= r.t - t0 < 6 else r)
     kinds = [f.kind for f in diagnose(late).findings]
     assert "event-loop-blocked" in kinds
 
@@ -102,12 +102,11 @@ def test_a_sustained_late_loop_is_a_blocked_loop():
 def test_one_slow_request_is_not_a_knee():
     rec = load("diagnose_health")
     records = list(rec.driver_records)
-    i = next(i for i, r in enumerate(records) if r.get("type") == "second" and r["t"] == 4)
-    hist = dict(records[i]["hist"])
-    hist["b"] = list(hist["b"]) + [[2400, 1]]  # one request of ~30 s
-    records[i] = {**records[i], "hist": hist}
+    i = next(i for i, r in enumerate(records) if isinstance(r, DriverSecond) and r.t == 4)
+    hist = Histogram(dict(records[i].hist.counts), records[i].hist.max_us).merge(Histogram({2400: 1}))  # one of ~30 s
+    records[i] = dataclasses.replace(records[i], hist=hist)
     d = diagnose(dataclasses.replace(rec, driver_records=tuple(records)))
-    assert d.knee is None and d.verdict["bottleneck"] == "none"
+    assert d.knee is None and d.verdict.bottleneck == "none"
 
 
 def test_summary_carries_the_verdict():
@@ -150,7 +149,9 @@ def test_usl_recovers_its_parameters():
         st.append(dataclasses.replace(_stage(i, x, x, 10), concurrency=n))
     usl = fit_usl(st)
     assert usl.lam == pytest.approx(lam, rel=0.01) and usl.sigma == pytest.approx(sigma, rel=0.05)
-    assert usl.kappa == pytest.approx(kappa, rel=0.05) and usl.peak_n == pytest.approx(((1 - sigma) / kappa) ** 0.5, rel=0.05)
+    assert usl.kappa == pytest.approx(kappa, rel=0.05) and usl.peak_n == pytest.approx(
+        ((1 - sigma) / kappa) ** 0.5, rel=0.05
+    )
     assert fit_usl(st[:3]) is None
 
 
@@ -175,3 +176,18 @@ def test_one_bad_second_is_not_an_onset():
 def test_plain_run_stages_are_windows():
     st = stages(load("smoke_run"))
     assert len(st) >= 1 and all(s.users == 20 for s in st) and st[0].achieved_rps > 0
+
+
+def test_only_loading_a_users_detector_is_a_usage_error(data_copy):
+    from harness.cli import write_reports
+    from harness.errors import ConfigError
+
+    run = data_copy("diagnose_health")
+    with pytest.raises(ConfigError, match="--detector tests.apps.nowhere:detect: No module named"):
+        write_reports(run, ["tests.apps.nowhere:detect"])
+    with pytest.raises(ConfigError, match="'NOT_A_FUNCTION' is not a function"):
+        write_reports(run, ["tests.apps.detectors:NOT_A_FUNCTION"])
+    # a bug inside analysis (here, inside the detector's own body) is a crash, not the user's mistake
+    with pytest.raises(ImportError, match="a_module_that_is_not_installed"):
+        write_reports(run, ["tests.apps.detectors:buggy"])
+    assert write_reports(run, ["tests.apps.detectors:nothing"])["verdict"]["bottleneck"] == "none"
