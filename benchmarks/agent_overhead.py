@@ -31,20 +31,23 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.config import Scenario, load_scenario  # noqa: E402
 from harness.histogram import Histogram  # noqa: E402
-from harness.launcher import HOST, Server  # noqa: E402
+from harness.launcher import HOST, LocalServer  # noqa: E402
 from harness.load.manager import DriverFleet, shard_plans  # noqa: E402
+from harness.records import DriverRecord, DriverSecond  # noqa: E402
 
 
 def drive_both(
-    scenario: Scenario, servers: dict[bool, Server], dirs: dict[bool, Path]
+    scenario: Scenario, servers: dict[bool, LocalServer], dirs: dict[bool, Path]
 ) -> dict[bool, tuple[float, float, float]]:
     """One round: both servers loaded at once; per server, req/s, p99 (ms) and its CPU µs per request."""
-    records: dict[bool, list[dict]] = {agent: [] for agent in servers}
+    records: dict[bool, list[DriverRecord]] = {agent: [] for agent in servers}
     cpu_before = {agent: server_cpu(s) for agent, s in servers.items()}
     t0 = time.time() + 0.5
     with contextlib.ExitStack() as stack:
@@ -55,24 +58,24 @@ def drive_both(
         assert not any(f.failed() for f in fleets), f"a driver failed; see {dirs}"
     out = {}
     for agent, server in servers.items():
-        seconds = [r for r in records[agent] if r["type"] == "second"]
-        completed = sum(sum(r["outcomes"].values()) for r in seconds)
-        p99 = Histogram.merged(Histogram.from_json(r["hist"]) for r in seconds).percentile(0.99) / 1000
+        seconds = [r for r in records[agent] if isinstance(r, DriverSecond)]
+        completed = sum(sum(r.outcomes.values()) for r in seconds)
+        p99 = Histogram.merged(r.hist for r in seconds).percentile(0.99) / 1000
         cpu = server_cpu(server) - cpu_before[agent]
-        out[agent] = (completed / sum(r["span"] for r in seconds), p99, cpu / completed * 1e6)
+        out[agent] = (completed / sum(r.span for r in seconds), p99, cpu / completed * 1e6)
     return out
 
 
-def server_cpu(server: Server) -> float:
+def server_cpu(server: LocalServer) -> float:
     """CPU seconds the server's processes (all threads) have used so far."""
-    return sum(sum(p.cpu_times()[:2]) for p in server.tree())
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid, _ in server.processes())
 
 
-def pin(servers: dict[bool, Server], core: int) -> None:
+def pin(servers: dict[bool, LocalServer], core: int) -> None:
     """Every thread of both servers onto one core (threads started later inherit it)."""
     for server in servers.values():
-        for proc in server.tree():
-            for thread in proc.threads():
+        for pid, _ in server.processes():
+            for thread in psutil.Process(pid).threads():
                 os.sched_setaffinity(thread.id, {core})
 
 
@@ -99,8 +102,9 @@ def main() -> None:
             for d in dirs.values():
                 d.mkdir()
             with (
-                Server(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare,
-                Server(dataclasses.replace(scenario.app, agent=not args.aa), dirs[True], scenario.agent) as with_agent,
+                LocalServer(dataclasses.replace(scenario.app, agent=False), dirs[False]) as bare,
+                LocalServer(dataclasses.replace(scenario.app, agent=not args.aa), dirs[True],
+                            scenario.agent) as with_agent,
             ):
                 servers = {False: bare, True: with_agent}
                 if len(cores) > 1:

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from harness.config import build_scenario  # noqa: E402
 from harness.load.jtl import join_parts  # noqa: E402
 from harness.load.manager import shard_plans  # noqa: E402
+from harness.records import DriverDone, DriverSecond, driver_record  # noqa: E402
 
 NGINX_CONF = """
 worker_processes 1;
@@ -139,27 +140,27 @@ def run_driver(port: int, seconds: int, connections: int, start: float, jtl_dir:
     proc = subprocess.Popen(pinned(1, [sys.executable, "-m", "harness.load.driver"]), cwd=ROOT, env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        proc.stdin.write(json.dumps(plan) + "\n")
+        proc.stdin.write(json.dumps(plan.to_json()) + "\n")
         proc.stdin.flush()
         seconds_recs = []
         for line in proc.stdout:
-            rec = json.loads(line)
-            if rec["type"] == "second":
+            rec = driver_record(json.loads(line))
+            if isinstance(rec, DriverSecond):
                 seconds_recs.append(rec)
-            elif rec["type"] == "done":
-                assert rec["hot_path"] == ("python" if pure else "c"), "the C hot path is not built: pip install -e ."
+            elif isinstance(rec, DriverDone):
+                assert rec.hot_path == ("python" if pure else "c"), "the C hot path is not built: pip install -e ."
                 break
     finally:
         proc.stdin.close()
         proc.wait(timeout=30)
-    recorded = sum(c for r in seconds_recs for _, c in r["hist"]["b"])
-    ok = sum(r["outcomes"].get("ok", 0) for r in seconds_recs)
+    recorded = sum(r.hist.count for r in seconds_recs)
+    ok = sum(r.outcomes.get("ok", 0) for r in seconds_recs)
     assert recorded == ok, "every response must be in a latency histogram"
     if jtl_dir is not None:
-        lines = join_parts([plan["jtl"]], str(jtl_dir / "results.jtl"))
-        assert lines == sum(sum(r["outcomes"].values()) for r in seconds_recs), "one JTL line per request"
+        lines = join_parts([plan.jtl], str(jtl_dir / "results.jtl"))
+        assert lines == sum(sum(r.outcomes.values()) for r in seconds_recs), "one JTL line per request"
     # the driver's CPU while it drove (its own per-second figure), not its interpreter's start-up
-    return Share(ok, sum(r["span"] for r in seconds_recs), sum(r["cpu"] * r["span"] for r in seconds_recs))
+    return Share(ok, sum(r.span for r in seconds_recs), sum(r.cpu * r.span for r in seconds_recs))
 
 
 def main() -> None:

@@ -295,7 +295,9 @@ def write_reports(run_dir: Path, detectors: Sequence[str] = ()) -> dict[str, Any
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.analysis.findings import INVALID
     from harness.analysis.summary import slo_broken
+    from harness.analysis.verdict import INVALID_WHY
     from harness.knee_search import DiagnoseOptions, KneeSearch
     from harness.report.terminal import format_summary
     from harness.runner import ExternalLoad, LoadPlan, run_scenario
@@ -327,10 +329,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_summary(summary, str(run_dir)))
     if failure is not None:
         raise failure
-    if summary["verdict"] and summary["verdict"]["bottleneck"] == "load-generator-saturated":  # the JSON contract
-        print(
-            "fastapi-harness: the run is invalid: the load generator was the limit (see the verdict)", file=sys.stderr
-        )
+    if summary["verdict"] and summary["verdict"]["bottleneck"] in INVALID:
+        why = INVALID_WHY[summary["verdict"]["bottleneck"]]
+        print(f"fastapi-harness: the run is invalid: {why} (see the verdict)", file=sys.stderr)
         return EXIT_INVALID
     if getattr(args, "check", False):
         why = slo_broken(summary, scenario.slo)

@@ -62,9 +62,20 @@ class KneeSearch:
         search_knee(session, session.scenario, self.opts, self.say)
 
 
+COLLAPSE_SHARE = 0.05  # calibration answered fewer than this many responses per user-second: the app collapsed
+
+
 def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say: Callable[[str], None]) -> None:
-    """Calibrate, step the load ×factor until something gives, then hold at the knee and profile."""
+    """Calibrate, step the load ×factor until something gives, then hold at the knee and profile.
+
+    How the search ended is an event (``search-ended``: knee, max-time, max-rate, max-users or
+    collapse), so the verdict can tell a budget that ran out from a load the app held.
+    """
     load = scenario.load
+    closed = opts.closed
+    # the hold's load outlasts the profile window by a second
+    hold_len = opts.hold_s + 1 if session.agent_on and opts.hold_s > 0 else 0.0
+    deadline = opts.max_time_s - 1.0  # drivers stopped then abort what is in flight a second later
     if load.model == "open":
         # the scenario names a rate: start there (a calibration burst would also run leaks dry before the first step)
         level: float = min(load.stages[0].rate if load.stages else load.rate, opts.max_rate)
@@ -75,24 +86,29 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
         session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
         calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users, merge_seconds(records))
         capacity = calib.achieved_rps if calib else 0.0
+        answered = calib.requests if calib else 0
+        if answered < COLLAPSE_SHARE * users * opts.calibrate_s:
+            # stepping up from 1 req/s would only measure a broken app at loads it no longer sees
+            say(f"calibration: {users} users → {answered} responses in {opts.calibrate_s:.0f} s: the app collapsed "
+                f"at this load; profiling it there instead of stepping")
+            session.event("search-ended", why="collapse", users=users)
+            _hold(session, scenario, opts, users, True, hold_len, deadline, say)
+            return
         say(f"calibration: {users} users → {capacity:,.0f} req/s")
-        level = max(1.0, users / 4) if opts.closed else max(1.0, min(capacity * 0.4, opts.max_rate))
+        level = max(1.0, users / 4) if closed else max(1.0, min(capacity * 0.4, opts.max_rate))
     baseline = 0.0
     slo = scenario.slo
     hold = stepped = level
-    # the hold's load outlasts the profile window by a second
-    hold_len = opts.hold_s + 1 if session.agent_on and opts.hold_s > 0 else 0.0
-    deadline = opts.max_time_s - 1.0  # drivers stopped then abort what is in flight a second later
+    ended = "max-time"
     for index in range(1, 100):
         if session.now() + opts.step_s + hold_len > opts.max_time_s:
             say(f"stopping: the next step would pass --max-time {opts.max_time_s:.0f}s")
             break
         start = session.next_start()
-        step, offered, users_ = _at_level(scenario, level, opts.closed, opts.step_s)
+        step, offered, users_ = _at_level(scenario, level, closed, opts.step_s)
         records = session.drive(step, start, deadline=deadline)
-        session.event(
-            "stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_
-        )
+        session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered,
+                      users=users_)
         stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_, merge_seconds(records))
         if stage is None:
             break
@@ -100,30 +116,44 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
         # the server answered: a rate it cannot keep up with would only queue, and time out, all
         # window long (one it answers with errors, fast, is profiled as it was)
         stepped = level
-        hold = level if opts.closed else min(level, max(1.0, stage.answered_rps))
+        hold = level if closed else min(level, max(1.0, stage.answered_rps))
         tail = stage.p99_ms if stage.requests >= MIN_REQUESTS_FOR_P99 else stage.p90_ms
         baseline = baseline or tail or 1.0
         why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
-        say(
-            f"step {index}: {_level(level, opts.closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 "
-            f"{stage.p99_ms:,.1f} ms, "
-            f"errors {stage.error_rate:.1%}" + (f"  ← knee: {why}" if why else "")
-        )
+        knee = f"  ← knee: {why}" if why else ""
+        say(f"step {index}: {_level(level, closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 "
+            f"{_p99(stage.p99_ms, stage.requests)}, errors {stage.error_rate:.1%}{knee}")
         if why:
+            ended = "knee"
             break
         nxt = level * opts.factor
-        if (opts.closed and nxt > opts.max_users) or (not opts.closed and nxt > opts.max_rate):
-            say(f"stopping: the next step would pass --max-{'users' if opts.closed else 'rate'}")
+        if (closed and nxt > opts.max_users) or (not closed and nxt > opts.max_rate):
+            ended = "max-users" if closed else "max-rate"
+            say(f"stopping: the next step would pass --{ended}")
             break
         level = nxt
-    if hold_len:
-        start = session.next_start()
-        outran = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
-        say(f"holding at {_level(hold, opts.closed)}{outran} for {opts.hold_s:.0f} s to profile the workers")
-        session.request_profile(opts.hold_s)
-        hold_load, offered, users_ = _at_level(scenario, hold, opts.closed, hold_len)
-        session.drive(hold_load, start, deadline=deadline)
-        session.event("stage", phase="hold", t_start=start, t_end=start + hold_len, offered_rps=offered, users=users_)
+    session.event("search-ended", why=ended, offered_rps=None if closed else round(stepped, 2),
+                  users=int(stepped) if closed else None)
+    outran = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
+    _hold(session, scenario, opts, hold, closed, hold_len, deadline, say, outran)
+
+
+def _hold(session: Session, scenario: Scenario, opts: DiagnoseOptions, level: float, closed: bool, hold_len: float,
+          deadline: float, say: Callable[[str], None], why: str = "") -> None:
+    """Hold the load at ``level`` while every worker profiles itself (nothing to do without the agent)."""
+    if not hold_len:
+        return
+    start = session.next_start()
+    say(f"holding at {_level(level, closed)}{why} for {opts.hold_s:.0f} s to profile the workers")
+    session.request_profile(opts.hold_s)
+    hold_load, offered, users_ = _at_level(scenario, level, closed, hold_len)
+    session.drive(hold_load, start, deadline=deadline)
+    session.event("stage", phase="hold", t_start=start, t_end=start + hold_len, offered_rps=offered, users=users_)
+
+
+def _p99(ms: float, requests: int) -> str:
+    """A percentile in words: "none answered" when nothing was (a 0 ms p99 of no request is no figure)."""
+    return f"{ms:,.1f} ms" if requests else "— (none answered)"
 
 
 def _level(level: float, closed: bool) -> str:

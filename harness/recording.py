@@ -8,6 +8,7 @@ so a crash or Ctrl-C keeps what was measured; record types in ``harness/records.
     samples.jsonl       one psutil sample per tick: processes by role, host CPU per core
     events.jsonl        worker started/exited, target died, stages, ...
     db.jsonl            the database server, once a second (PostgreSQL: pg_stat_activity by state)
+    cpu_profile.jsonl   each worker's CPU samples from outside (py-spy) in a profile window
     agent-PID.jsonl     each worker's in-process agent (format: harness/agent/__init__.py)
     profile-PID-N-*     profiles taken on command (pyinstrument HTML/JSON, yappi tables)
     server.*.log        the server's stdout and stderr
@@ -33,6 +34,7 @@ from harness.histogram import Histogram
 from harness.records import (
     FORMAT,
     AgentRecord,
+    CpuProfile,
     DbSample,
     DriverDone,
     DriverFault,
@@ -46,11 +48,12 @@ from harness.records import (
 )
 
 RUN_JSON, DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL = "run.json", "driver.jsonl", "samples.jsonl", "events.jsonl"
-DB_JSONL = "db.jsonl"
+DB_JSONL, CPU_PROFILE_JSONL = "db.jsonl", "cpu_profile.jsonl"
 AGENT_CONTROL = "agent-control.json"  # {"id": n, "seconds": s}: the agents profile a window when id grows
 AGENT_GLOB = "agent-*.jsonl"  # one per worker PID, written by the in-process agent (harness/agent)
 STREAM_OF: dict[type, str] = {DriverSecond: DRIVER_JSONL, DriverDone: DRIVER_JSONL, DriverFault: DRIVER_JSONL,
-                              Sample: SAMPLES_JSONL, Event: EVENTS_JSONL, DbSample: DB_JSONL}
+                              Sample: SAMPLES_JSONL, Event: EVENTS_JSONL, DbSample: DB_JSONL,
+                              CpuProfile: CPU_PROFILE_JSONL}
 
 
 def default_run_dir(name: str, root: Path = Path("reports")) -> Path:
@@ -182,6 +185,7 @@ class Recording:
     events: tuple[Event, ...] = ()
     agents: Mapping[int, tuple[AgentRecord, ...]] = field(default_factory=dict)
     db: tuple[DbSample, ...] = ()
+    cpu_profiles: tuple[CpuProfile, ...] = ()
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -229,6 +233,7 @@ class Recording:
                 agents={int(f.stem.split("-", 1)[1]): tuple(agent_record(d, fmt) for d in read_jsonl(f))
                         for f in sorted(p.glob(AGENT_GLOB))},
                 db=tuple(DbSample.from_json(d) for d in read_jsonl(p / DB_JSONL)),
+                cpu_profiles=tuple(CpuProfile.from_json(d) for d in read_jsonl(p / CPU_PROFILE_JSONL)),
                 path=p,
             )
         except RecordError as e:
@@ -244,6 +249,7 @@ class Recording:
             (SAMPLES_JSONL, [r.to_json() for r in self.samples]),
             (EVENTS_JSONL, [r.to_json() for r in self.events]),
             (DB_JSONL, [r.to_json() for r in self.db]),
+            (CPU_PROFILE_JSONL, [r.to_json() for r in self.cpu_profiles]),
         ] + [(f"agent-{pid}.jsonl", [agent_record_to_json(r) for r in rows]) for pid, rows in self.agents.items()]
         for name, rows in streams:
             with open(p / name, "w") as f:
@@ -281,7 +287,8 @@ class RunWriter:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, IO[str]] = {
-            name: open(path / name, "a", buffering=1) for name in (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL, DB_JSONL)
+            name: open(path / name, "a", buffering=1)
+            for name in (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL, DB_JSONL, CPU_PROFILE_JSONL)
         }
         self._lock = threading.Lock()
         existing = path / RUN_JSON  # appending to a run (ingest --into) keeps what it recorded
@@ -297,7 +304,7 @@ class RunWriter:
         tmp.write_text(json.dumps(self.run, indent=2, default=str))
         tmp.replace(self.path / RUN_JSON)
 
-    def append(self, record: DriverRecord | Sample | Event | DbSample) -> None:
+    def append(self, record: DriverRecord | Sample | Event | DbSample | CpuProfile) -> None:
         """Append a typed record to its stream."""
         line = json.dumps(record.to_json(), separators=(",", ":")) + "\n"
         stream = STREAM_OF[type(record)]

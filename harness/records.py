@@ -233,10 +233,11 @@ class ProcessSample:
     fd_limit: int | None = None
     tcp: Mapping[str, int] | None = None  # TCP connections by state, once a second
     db_conns: int | None = None  # connections to the database's port, once a second
+    runq: float | None = None  # seconds its threads waited runnable for a CPU, per second (/proc/PID/schedstat)
 
     def to_json(self) -> Json:
         d: Json = {"pid": self.pid, "role": self.role, "cpu": self.cpu, "rss_mb": self.rss_mb, "fds": self.fds}
-        for key in ("fd_limit", "tcp", "db_conns"):
+        for key in ("fd_limit", "tcp", "db_conns", "runq"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         return d
@@ -245,30 +246,48 @@ class ProcessSample:
     def from_json(cls, d: Mapping[str, Any], retired: frozenset[str] = frozenset()) -> ProcessSample:
         _check("process sample", d, _keys(*cls.__dataclass_fields__), retired)
         return cls(int(d["pid"]), d["role"], float(d["cpu"]), float(d["rss_mb"]), int(d["fds"]),
-                   d.get("fd_limit"), d.get("tcp"), d.get("db_conns"))
+                   d.get("fd_limit"), d.get("tcp"), d.get("db_conns"), d.get("runq"))
+
+
+@dataclass(frozen=True)
+class ForeignProcess:
+    """A process outside the run that used the host's CPU (cores)."""
+
+    pid: int
+    name: str
+    cpu: float
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One sampling tick: every process of the run, and the host's CPU per core (0..1)."""
+    """One sampling tick: every process of the run, the host's CPU per core (0..1), and, once a second
+    while the host is busy, the processes outside the run that used the most CPU."""
 
     t: float
     procs: tuple[ProcessSample, ...]
     host_cpu: tuple[float, ...] = ()
+    foreign: tuple[ForeignProcess, ...] | None = None
 
     def to_json(self) -> Json:
-        return {"t": self.t, "procs": [p.to_json() for p in self.procs], "host_cpu": list(self.host_cpu)}
+        d: Json = {"t": self.t, "procs": [p.to_json() for p in self.procs], "host_cpu": list(self.host_cpu)}
+        if self.foreign is not None:
+            d["foreign"] = [vars(f) for f in self.foreign]
+        return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], fmt: int = FORMAT) -> Sample:
         old = fmt < FORMAT
-        _check("sample", d, _keys("t", "procs", "host_cpu"), RETIRED_V1["Sample"] if old else frozenset())
+        _check("sample", d, _keys("t", "procs", "host_cpu", "foreign"), RETIRED_V1["Sample"] if old else frozenset())
         retired = RETIRED_V1["ProcessSample"] if old else frozenset()
+        foreign = d.get("foreign")
         return cls(float(d["t"]), tuple(ProcessSample.from_json(p, retired) for p in d["procs"]),
-                   tuple(d.get("host_cpu", ())))
+                   tuple(d.get("host_cpu", ())),
+                   tuple(ForeignProcess(int(f["pid"]), f["name"], float(f["cpu"])) for f in foreign)
+                   if foreign is not None else None)
 
 
-EVENT_KINDS = ("worker-started", "worker-exited", "target-died", "stopped", "profile-requested", "stage")
+EVENT_KINDS = ("worker-started", "worker-exited", "target-died", "stopped", "profile-requested", "stage",
+               "search-ended")
 
 
 @dataclass(frozen=True)
@@ -278,14 +297,14 @@ class Event:
     t: float | None
     kind: str
     pid: int | None = None  # worker-started, worker-exited
-    why: str | None = None  # stopped: the exception's name
+    why: str | None = None  # stopped: the exception's name; search-ended: knee | max-time | max-rate | ... | collapse
     id: int | None = None  # profile-requested
     seconds: float | None = None  # profile-requested
     phase: str | None = None  # stage: calibrate | step | hold
     t_start: float | None = None  # stage
     t_end: float | None = None  # stage
-    offered_rps: float | None = None  # stage, open model
-    users: int | None = None  # stage, closed model
+    offered_rps: float | None = None  # stage, search-ended: open model
+    users: int | None = None  # stage, search-ended: closed model
 
     def to_json(self) -> Json:
         return {k: v for k, v in vars(self).items() if v is not None or k == "t"}
@@ -318,6 +337,33 @@ class DbSample:
         return cls(float(d["t"]), d["kind"], d["states"], int(d["total"]), int(d["max_connections"]))
 
 
+@dataclass(frozen=True)
+class CpuProfile:
+    """One worker's CPU samples taken from outside (py-spy) during a profile window: each distinct stack
+    (innermost frame first) with how many samples it got; ``error`` says why there are none."""
+
+    pid: int
+    t_start: float  # seconds since t0
+    seconds: float
+    rate_hz: int
+    source: str  # py-spy
+    samples: int
+    stacks: tuple[tuple[tuple[tuple[str, int, str], ...], int], ...] = ()
+    error: str = ""
+
+    def to_json(self) -> Json:
+        return {"pid": self.pid, "t_start": self.t_start, "seconds": self.seconds, "rate_hz": self.rate_hz,
+                "source": self.source, "samples": self.samples, "error": self.error,
+                "stacks": [[[list(f) for f in frames], n] for frames, n in self.stacks]}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CpuProfile:
+        _check("cpu profile", d, _keys(*cls.__dataclass_fields__))
+        stacks = tuple((tuple((f[0], int(f[1]), f[2]) for f in frames), int(n)) for frames, n in d.get("stacks", ()))
+        return cls(int(d["pid"]), float(d["t_start"]), float(d["seconds"]), int(d["rate_hz"]), d["source"],
+                   int(d["samples"]), stacks, d.get("error", ""))
+
+
 # ---------------------------------------------------------------------------- agent (format: harness/agent/__init__.py)
 
 Site = tuple[str, int, str]  # (file, line, function)
@@ -344,6 +390,29 @@ class PoolTick:
     overflow: int | None = None
     max_overflow: int | None = None
     timeout_s: float | None = None  # how long a checkout waits before it raises
+
+
+@dataclass(frozen=True)
+class HttpPoolTick:
+    """An outbound HTTP client's pool (httpcore's or an aiohttp connector) in one tick."""
+
+    id: str
+    kind: str  # httpcore | aiohttp
+    site: str  # "file:line function" of the app's call that first waited on it
+    limit: int
+    in_use: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class ExecutorTick:
+    """A ThreadPoolExecutor in one tick ("asyncio" is the loop's default executor)."""
+
+    name: str
+    max_workers: int
+    threads: int
+    busy: int
+    queued: int
 
 
 @dataclass(frozen=True)
@@ -384,6 +453,9 @@ class AgentTick:
     inflight: int = 0
     routes: Mapping[str, RouteTick] = field(default_factory=dict)
     exceptions: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    waits_ms: Mapping[str, float] = field(default_factory=dict)  # "kind|file:line function" → in-flight ms
+    http_pools: tuple[HttpPoolTick, ...] = ()
+    executors: tuple[ExecutorTick, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -433,7 +505,8 @@ def _pool(d: Mapping[str, Any]) -> PoolTick:
 
 def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
     _check("agent tick", d, _keys("t", "seq", "lag_ms", "threadpool", "pools", "gc", "hot_ms", "hot_frames_ms",
-                                   "pool_ms", "pool_frames_ms", "inflight", "routes", "exceptions"))
+                                   "pool_ms", "pool_frames_ms", "inflight", "routes", "exceptions", "waits_ms",
+                                   "http_pools", "executors"))
     tp, gc = d.get("threadpool"), d.get("gc") or {}
     routes = {k: RouteTick(int(r["n"]), int(r["errors"]), _hist(r.get("hist"))) for k, r in d.get("routes", {}).items()}
     return AgentTick(
@@ -451,6 +524,9 @@ def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
         inflight=int(d.get("inflight", 0)),
         routes=routes,
         exceptions=d.get("exceptions", {}),
+        waits_ms=d.get("waits_ms", {}),
+        http_pools=tuple(HttpPoolTick(**p) for p in d.get("http_pools", ())),
+        executors=tuple(ExecutorTick(**e) for e in d.get("executors", ())),
     )
 
 
@@ -494,7 +570,8 @@ def agent_record_to_json(r: AgentRecord) -> Json:
                    "hot_ms": r.hot_ms, "hot_frames_ms": r.hot_frames_ms, "pool_ms": r.pool_ms,
                    "pool_frames_ms": r.pool_frames_ms, "inflight": r.inflight,
                    "routes": {k: {"n": v.n, "errors": v.errors, "hist": v.hist.to_json()} for k, v in r.routes.items()},
-                   "exceptions": r.exceptions}
+                   "exceptions": r.exceptions, "waits_ms": r.waits_ms, "http_pools": [vars(p) for p in r.http_pools],
+                   "executors": [vars(e) for e in r.executors]}
         return d
     if isinstance(r, AgentStall):
         return {"type": "stall", "t_start": r.t_start, "duration_ms": r.duration_ms, "class": r.kind,

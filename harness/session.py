@@ -26,7 +26,8 @@ from harness.load.manager import DriverFleet, check_driver, shard_plans
 from harness.processes import spawn, stderr_tail, stop_group
 from harness.recording import AGENT_CONTROL, RunWriter
 from harness.records import DriverRecord, DriverSecond, Event, Progress
-from harness.sampling.database import PgWatcher, check_postgres, db_port
+from harness.sampling.database import PgWatcher, check_postgres, db_port, local_server
+from harness.sampling.pyspy import PySpyWindow
 from harness.sampling.sampler import Sampler
 from harness.target import Target
 
@@ -81,6 +82,7 @@ class Session:
         self.t0 = 0.0
         self.profiles = 0
         self.profile_seconds = 0.0
+        self.pyspy: PySpyWindow | None = None
 
     @property
     def agent_on(self) -> bool:
@@ -96,10 +98,14 @@ class Session:
         writer.write_run(server=self.target.describe())
         self.t0 = time.time() + START_DELAY_S
         writer.write_run(t0=self.t0, drivers=self.drivers)
+        port = db_port(database.url) if database.url else None
+        database_pids = local_server(port) if port else list
         sampler = Sampler(
-            processes=lambda: self.target.processes() + [(pid, "driver") for pid in self.driver_pids()],
+            processes=lambda: (self.target.processes() + [(pid, "driver") for pid in self.driver_pids()]
+                               + [(pid, "database") for pid in database_pids()] + [(os.getpid(), "harness")]
+                               + [(pid, "profiler") for pid in (self.pyspy.pids if self.pyspy else ())]),
             t0=self.t0, interval_s=scenario.sampling.interval_s, on_sample=writer.append, on_event=writer.append,
-            db_port=db_port(database.url) if database.url else None,
+            db_port=port,
         )
         sampler.start()
         self.stack.callback(sampler.stop)
@@ -212,9 +218,17 @@ class Session:
         tmp.write_text(json.dumps({"id": self.profiles, "seconds": seconds}))
         tmp.replace(self.writer.path / AGENT_CONTROL)
         self.event("profile-requested", seconds=seconds, id=self.profiles)
+        workers = [pid for pid, role in self.target.processes() if role == "worker"]
+        if workers:
+            self.pyspy = PySpyWindow(workers, self.now(), seconds, self.writer.path, self.profiles)
+            self.stack.callback(self.pyspy.stop)
 
     def wait_for_profiles(self) -> None:
         """Keep the target up until each worker has written its requested profile (bounded)."""
+        if self.pyspy is not None:
+            for profile in self.pyspy.finish():
+                self.writer.append(profile)
+            self.pyspy = None
         deadline = time.monotonic() + self.profile_seconds + 10
         waiting = {pid for pid, role in self.target.processes() if role == "worker"}
         while waiting and time.monotonic() < deadline:

@@ -11,15 +11,25 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 from fastapi import FastAPI
 from sqlalchemy import text
 
 from sample_app.db import create_schema, make_engine
+from sample_app.upstream import start_upstream
 
 engine = make_engine()
+# /upstream: one shared client with a small pool, to a slow upstream this worker starts on loopback
+UPSTREAM_POOL = int(os.environ.get("SAMPLE_APP_UPSTREAM_POOL", "2"))
+upstream: dict = {}
+# /lock: one lock held across an await; /executor: a small named executor for blocking work
+LOCK = asyncio.Lock()
+EXECUTOR = ThreadPoolExecutor(max_workers=int(os.environ.get("SAMPLE_APP_EXECUTOR_WORKERS", "2")),
+                              thread_name_prefix="sample-io")
 log = logging.getLogger("sample_app.requests")
 leaked_files: list = []
 leaked_memory: list = []
@@ -38,7 +48,11 @@ async def lifespan(app: FastAPI):
     log.setLevel(logging.INFO)
     log.propagate = False
     await create_schema(engine)
+    server, url = await start_upstream(delay_s=0.05)
+    upstream["client"] = httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=UPSTREAM_POOL))
     yield
+    await upstream.pop("client").aclose()
+    server.close()
     log.removeHandler(handler)
     handler.close()
     await engine.dispose()
@@ -113,3 +127,23 @@ async def leak_fd() -> dict[str, int]:
 async def leak_memory() -> dict[str, int]:
     leaked_memory.append(bytearray(256 * 1024))  # grows without bound
     return {"chunks": len(leaked_memory)}
+
+
+@app.get("/upstream")
+async def call_upstream() -> dict[str, int]:
+    response = await upstream["client"].get("/slow")  # queues for one of the pool's few connections
+    return {"status": response.status_code}
+
+
+@app.get("/lock")
+async def locked() -> dict[str, str]:
+    async with LOCK:  # held across an await: every request queues behind the one inside
+        await asyncio.sleep(0.02)
+    return {"status": "ok"}
+
+
+@app.get("/executor")
+async def in_executor() -> dict[str, str]:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(EXECUTOR, time.sleep, 0.05)  # blocking work on a 2-thread executor
+    return {"status": "ok"}

@@ -94,7 +94,7 @@ def test_factory_app_under_each_server(tmp_path, env, server):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["server"] == server and summary["workers"] == 2 and summary["errors"]["total"] == 0
     roles = {p.role for s in Recording.load(out).samples for p in s.procs}
-    assert roles == {"master", "worker", "driver"}
+    assert roles == {"master", "worker", "driver", "harness"}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

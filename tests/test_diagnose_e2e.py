@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,9 @@ def verdict_of(out: Path) -> dict:
     ("leak_fd", "fd-exhausted", None, None),
     ("leak_memory", "memory-growth", None, None),
     ("fast", "cpu-saturated", None, None),
+    ("upstream", "http-client-pool-exhausted", None, ("call_upstream", 'upstream["client"].get("/slow")')),
+    ("lock", "lock-contention", None, ("locked", "async with LOCK")),
+    ("executor", "threadpool-exhausted", None, ("in_executor", "await loop.run_in_executor")),
 ])
 def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, site):
     out = tmp_path / "run"
@@ -54,6 +59,9 @@ def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, s
             site[0],
             line_of(site[1]),
         )
+    if kind == "cpu-saturated":
+        # the hotspot and its app line come from py-spy's samples of the workers, taken from outside
+        assert any(e.startswith("CPU samples from py-spy") for e in v["evidence"]), v["evidence"]
     if scenario == "fast":
         # /fast's own code is one line: its CPU is the framework's, unless a short hold's few samples
         # land in that line (the hottest frame is then the app's)
@@ -122,3 +130,32 @@ def test_inline_app_from_any_directory(tmp_path, env):
     assert summary["verdict"]["bottleneck"] == ("cpu-saturated" if "reason" in knee else "none"), summary["verdict"]
     assert summary["duration_s"] <= 25
     assert_hold_within_answered(out)
+
+
+def test_a_run_saturated_from_its_start_says_so(tmp_path, env):
+    out = tmp_path / "run"
+    p = cli(env, "run", str(ROOT / "scenarios" / "blocking.toml"), "--users", "20", "--duration", "6s",
+            "--out", str(out), "--quiet")
+    assert p.returncode == 0, p.stderr
+    v = verdict_of(out)
+    assert v["bottleneck"] == "event-loop-blocked" and "saturated from the start at" in v["summary"]
+    assert "event-loop-blocked" in p.stdout  # the terminal leads with it too
+
+
+def test_a_busy_host_is_not_blamed_on_the_app(tmp_path, env):
+    """Two busy loops pinned one per core: the run is invalid (host-contended), exit 3."""
+    burn = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])}); exec('while True: pass')"
+    cores = sorted(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", burn, str(cpu)], env=env) for cpu in cores]
+    try:
+        out = tmp_path / "run"
+        p = cli(env, "diagnose", str(ROOT / "scenarios" / "health.toml"), "--max-time", "15s", "--out", str(out),
+                "--quiet")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert p.returncode == 3, p.stdout + p.stderr
+    v = verdict_of(out)
+    assert v["bottleneck"] == "host-contended" and "processes outside the run" in v["evidence"][0]
+    assert any("python" in e for e in v["evidence"][1:]) and "the run is invalid" in p.stderr

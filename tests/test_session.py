@@ -27,7 +27,8 @@ def test_a_fixed_load_against_a_fake_target_is_recorded(tmp_path):
     assert status == "completed" == rec.status and target.started and target.stopped
     assert rec.run.server.kind == "fake" and rec.run.server.url == target.url
     assert sum(s.completed for s in rec.seconds) == rec.totals.sent == target.served > 0
-    assert rec.samples and all(p.role == "driver" for s in rec.samples for p in s.procs)
+    # the fake target has no process of its own: the drivers and the harness itself are what is sampled
+    assert {p.role for s in rec.samples for p in s.procs} == {"driver", "harness"}
 
 
 class SimulatedSession:
@@ -84,11 +85,21 @@ def test_the_knee_search_steps_to_the_knee_and_holds_at_what_was_answered():
     assert "knee" in lines[-2] and hold.offered_rps == 300.0 and session.profiles == [4.0]
 
 
+def test_a_calibration_that_collapses_is_profiled_there_not_stepped_from_one_request():
+    session = SimulatedSession(capacity=0.5)  # 20 users get a response every 2 s between them
+    lines: list[str] = []
+    KneeSearch(DiagnoseOptions(max_time_s=60, step_s=4), lines.append)(session)
+    assert [e.phase or e.why for e in session.events] == ["calibrate", "collapse", "hold"]
+    hold = session.events[-1]
+    assert hold.users == 20 and "collapsed" in lines[0] and session.profiles == [4.0]
+
+
 def test_the_knee_search_stops_at_its_time_budget():
     session = SimulatedSession(capacity=1e9)
     lines: list[str] = []
     KneeSearch(DiagnoseOptions(max_time_s=20, step_s=4), lines.append)(session)
     assert session.clock <= 20 and any("--max-time" in line for line in lines)
+    assert next(e for e in session.events if e.kind == "search-ended").why == "max-time"
 
 
 def test_compare_runs_every_configuration_against_fake_targets(tmp_path):

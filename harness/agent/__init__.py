@@ -17,14 +17,17 @@ agent's own thread at least 10 times a second:
   "pools": [{...}], "gc": {"pause_ms", "collections": [g0, g1, g2]},
   "hot_ms": {category: ms}, "hot_frames_ms": {"category|file:line function": ms},
   "pool_ms": {...}, "pool_frames_ms": {...}, "inflight": int,
-  "routes": {route: {"n", "errors", "hist"}}, "exceptions": {route: {type: n}}}``
+  "routes": {route: {"n", "errors", "hist"}}, "exceptions": {route: {type: n}},
+  "waits_ms": {"kind|file:line function": ms}, "http_pools": [{"id", "kind", "site", "limit", "in_use",
+  "waiting"}], "executors": [{"name", "max_workers", "threads", "busy", "queued"}]}``
     every 100 ms; counters are deltas over the interval, gauges are the current value.
     ``hot_*`` is the loop thread's CPU time by what it was running (SIGPROF samples weighted
     by CPU time); ``pool_*`` is the threadpool threads' busy wall time, sampled by a thread.
     A route's ``errors`` are requests that raised through the app (status codes are seen
     by the driver, outside). ``routes`` and ``exceptions`` count the interval before the
     previous one (the loop counts them; the agent's thread reads a tally a tick after
-    taking it away from the loop, see ``middleware.RouteStats``).
+    taking it away from the loop, see ``middleware.RouteStats``). ``waits_ms`` is where the
+    in-flight requests slower than 5 ms waited, by kind and the app's line (``waits.py``).
 ``{"type": "stall", "t_start", "duration_ms", "class", "site": {...}|null, "stack": [...], "samples"}``
     one per event-loop stall longer than the threshold.
 ``{"type": "gap", "lost", "error"}``

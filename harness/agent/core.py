@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import cputimer, probes, stacks
+from . import cputimer, probes, stacks, waits
 
 try:
     from _signal import getsignal as _getsignal  # signal.getsignal wraps this in enums, on every heartbeat
@@ -41,6 +41,7 @@ class Agent:
     def __init__(self, options: Dict[str, Any]):
         self.options = options
         self.pid = os.getpid()
+        stacks.set_app_dir(options.get("app_dir"))
         self.stall_s = float(options.get("stall_ms", 25)) / 1000.0
         hz = float(options.get("hot_hz", 50) or 0)
         self.hot_interval = 1.0 / hz if hz > 0 else 0.0
@@ -58,6 +59,7 @@ class Agent:
         self.last_sig_cpu = 0.0
         self.records: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=10_000)
         self.routes: Any = None  # set by the middleware
+        self.waits: Any = None  # waits.WaitProbe, set by the middleware
         self.threadpool = probes.ThreadpoolProbe()
         self.pools = probes.PoolProbe()
         self.gc = probes.GcProbe()
@@ -273,6 +275,10 @@ class Agent:
         }
         if self.routes is not None:
             rec.update(self.routes.drain(final))
+        if self.waits is not None:
+            if self.routes is None or self.routes.inflight:
+                self.waits.walk(self.loop)
+            rec.update(self.waits.read())
         return rec
 
     def _run(self) -> None:
@@ -282,17 +288,23 @@ class Agent:
         idle threadpool costs no wake-up of its own.
         """
         watch = self._watch()
-        tick_due = watch_due = time.perf_counter()
+        tick_due = watch_due = walk_due = time.perf_counter()
         fd = None
         while True:
             now = time.perf_counter()
             if now >= tick_due:
                 fd = self._write(fd)
-                tick_due = now + TICK_S
+                tick_due = walk_due = now + TICK_S
             if now >= watch_due:
                 wait = next(watch)
                 watch_due = now + wait if wait < TICK_S else tick_due
-            if self.stopped.wait(max(min(tick_due, watch_due) - time.perf_counter(), 0.0)):
+            # while a request waits, where it waits is looked at between ticks too
+            walking = self.waits is not None and self.waits.active
+            if walking and now >= walk_due:
+                self.waits.walk(self.loop)
+                walk_due = now + waits.WALK_S
+            due = min(tick_due, watch_due, walk_due) if walking else min(tick_due, watch_due)
+            if self.stopped.wait(max(due - time.perf_counter(), 0.0)):
                 self._write(fd, final=True)
                 return
 

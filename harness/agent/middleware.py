@@ -8,6 +8,7 @@ from time import perf_counter_ns
 from typing import Any, Dict, List, Tuple
 
 from .hist import FAST, TABLE, bucket_of
+from .waits import WaitProbe
 
 MAX_ROUTES = 200  # beyond this many distinct raw paths, the rest count as "other"
 NB = TABLE[-1] + 1  # buckets below FAST µs, each a list slot
@@ -37,6 +38,7 @@ class AgentMiddleware:
         self.app = app
         self.agent = agent
         agent.routes = self
+        agent.waits = WaitProbe(type(self).__call__.__code__)
         self.ready = False
         self.inflight = 0
         self.tally: Dict[Any, Any] = {}

@@ -27,8 +27,8 @@ def versions() -> Dict[str, str]:
     for name in VERSIONED:
         try:
             out[name] = metadata.version(name)
-        except Exception:
-            pass
+        except metadata.PackageNotFoundError:
+            continue  # the app does not use it
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dis
 import os
 import sysconfig
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 Frame = Tuple[str, int, str]  # (file, line, function)
 
@@ -30,6 +30,18 @@ _FRAMEWORK_PARTS = tuple(os.sep + p + os.sep for p in (
 
 
 _library_cache: Dict[str, bool] = {}
+_app_dir = ""  # the app's own directory, when the launcher says (its files are the app's whatever else holds)
+
+
+def set_app_dir(path: Optional[str]) -> None:
+    """Files under ``path`` (not installed packages in it) are the app's own code."""
+    global _app_dir
+    _app_dir = os.path.normpath(path) + os.sep if path else ""
+    _library_cache.clear()
+
+
+def _in_app_dir(path: str) -> bool:
+    return bool(_app_dir) and path.startswith(_app_dir) and "-packages" + os.sep not in path
 
 
 def is_library(path: str) -> bool:
@@ -40,8 +52,8 @@ def is_library(path: str) -> bool:
     """
     known = _library_cache.get(path)
     if known is None:
-        known = (path.startswith(("<", _AGENT_DIR) + _LIBRARY_ROOTS)
-                 or "site-packages" in path or "dist-packages" in path)
+        known = not _in_app_dir(path) and (path.startswith(("<", _AGENT_DIR) + _LIBRARY_ROOTS)
+                                           or "site-packages" in path or "dist-packages" in path)
         if len(_library_cache) < 10_000:
             _library_cache[path] = known
     return known
@@ -140,20 +152,25 @@ def is_idle(stack: List[Frame]) -> bool:
     return func in _IDLE_FUNCS or path.endswith(_IDLE_FILES)
 
 
-def category(stack: List[Frame]) -> str:
-    """What a running stack is doing: json-serialization, logging, validation, db, framework, app-code, idle."""
+def category(stack: List[Frame], library: Callable[[str], bool] = is_library) -> str:
+    """What a running stack is doing: json-serialization, logging, validation, db, framework, app-code, idle.
+
+    ``library`` says which files are not the app's (the harness passes its own rule when it classifies
+    stacks taken from outside the app's interpreter, by py-spy)."""
     if is_idle(stack):
         return "idle"
     for path, _, func in stack:
-        cat = _frame_category(path, func)
+        cat = _frame_category(path, func, library)
         if cat is not None:
             return cat
     return "framework"
 
 
-def _frame_category(path: str, func: str) -> Optional[str]:
+def _frame_category(path: str, func: str, library: Callable[[str], bool] = is_library) -> Optional[str]:
     """The category one frame decides, or None when it decides nothing (look further out)."""
     p = path.replace("\\", "/")
+    if _in_app_dir(path):
+        return "app-code"  # the app's own files, whatever their directories are called
     if "/logging/" in p:
         return "logging"
     if "/json/" in p or "orjson" in p or "ujson" in p or p.endswith("fastapi/encoders.py"):
@@ -164,7 +181,7 @@ def _frame_category(path: str, func: str) -> Optional[str]:
         return "validation"
     if any(s in p for s in ("/sqlalchemy/", "/asyncpg/", "/aiosqlite/", "/sqlite3/", "/psycopg")):
         return "db"
-    if not is_library(path):
+    if not library(path):
         return "app-code"
     if any(s in p for s in _FRAMEWORK_PARTS):
         return "framework"

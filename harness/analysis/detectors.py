@@ -21,8 +21,9 @@ from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
 
-CAUSAL_ORDER = ("load-generator-saturated", "event-loop-blocked", "cpu-saturated", "threadpool-exhausted",
-                "db-pool-exhausted", "fd-exhausted", "memory-growth", "server-errors")
+CAUSAL_ORDER = ("load-generator-saturated", "host-contended", "event-loop-blocked", "cpu-saturated",
+                "threadpool-exhausted", "db-pool-exhausted", "http-client-pool-exhausted", "lock-contention",
+                "fd-exhausted", "memory-growth", "server-errors")
 
 DRIVER_BUSY = 0.90  # cores, per driver process (each is one thread)
 LATE_SHARE = 0.05  # of sends more than 10 ms behind schedule
@@ -30,7 +31,11 @@ LOOP_BLOCKED_MS = 50.0  # heartbeat p99 lateness that no healthy loop shows
 LOOP_IDLE_CPU = 0.60  # a worker using less than this while its loop is late is waiting, not computing
 WORKER_BUSY = 0.80  # cores: a worker process is CPU-bound
 HOST_BUSY = 0.95  # share of all cores
-HOST_WORKER_SHARE = 0.6  # cores per worker, on average, for a full host to count as the workers' doing
+FOREIGN_CORES = 0.5  # CPU used on the host by processes outside the run that starves it
+RUNQ_STARVED = 0.10  # seconds per second a worker's threads waited runnable for a CPU
+PLATEAU_CPU = 0.70  # cores: a worker whose CPU stops rising here while the load rises is CPU-bound
+PLATEAU_LOAD_RISE = 1.2  # the next stage offers at least this much more ...
+PLATEAU_CPU_RISE = 1.05  # ... while the busiest worker's CPU rises by less than this
 FD_NEAR = 0.80  # of RLIMIT_NOFILE
 POOL_WAIT_MS = 10.0  # acquire-time p99 that means requests queue for connections
 ERROR_RATE = 0.01
@@ -63,6 +68,15 @@ def _finding(ctx: Context, kind: str, onset: float | None, **kw: Any) -> Finding
 
 def _site(file: str | None, line: int | None, function: str | None) -> CallSite | None:
     return CallSite(file, int(line or 0), function or "") if file else None
+
+
+def _frame_site(ctx: Context, where: str) -> CallSite | None:
+    """The call site a hotspot frame ("file:line function") names, when it is the app's own code."""
+    place, _, func = where.rpartition(" ")
+    path, _, line = place.rpartition(":")
+    if not inside.is_app_path(path, ctx.rec.scenario.app.app_dir if not ctx.rec.scenario.url else ""):
+        return None
+    return _site(path, int(line) if line.isdigit() else 0, func)
 
 
 def _mean_over(series: dict[int, float], start: float | None) -> float:
@@ -107,6 +121,41 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
     return []
 
 
+def detect_host_contended(ctx: Context) -> list[Finding]:
+    tl = ctx.tl
+    # what the host did after the knee (the profile hold, say) cannot have caused it
+    until = next((s.t_end + 1 for s in ctx.stages if ctx.knee and s.index == ctx.knee.stage), float("inf"))
+    starved = {t: v for t, v in tl.foreign_cpu.items()
+               if t <= until and (tl.host_cpu.get(t, 0.0) >= HOST_BUSY or tl.runq.get(t, 0.0) >= RUNQ_STARVED)}
+    onset = sustained_onset(starved, lambda v: v >= FOREIGN_CORES)
+    if onset is None:
+        return []
+    after = [v for t, v in starved.items() if t >= onset]
+    names: dict[str, list[float]] = {}
+    for s in ctx.rec.samples:
+        if s.t >= onset and s.foreign:
+            for f in s.foreign:
+                names.setdefault(f"{f.name} (pid {f.pid})", []).append(f.cpu)
+    top = sorted(((statistics.mean(v), k) for k, v in names.items()), reverse=True)[:3]
+    runq = max((v for t, v in tl.runq.items() if t >= onset), default=0.0)
+    return [_finding(
+        ctx, "host-contended", onset,
+        rule=f"processes outside the run used {statistics.mean(after):.1f} cores of this host's {ctx.cores} from "
+             f"t={onset}s while the host was ≥ {HOST_BUSY:.0%} busy or the workers waited for a CPU "
+             f"(up to {runq:.2f} s per second)",
+        evidence=tuple(f"{name}: {cpu:.2f} cores" for cpu, name in top),
+        summary="the host was busy with other processes" + (f" ({', '.join(n for _, n in top)})" if top else ""),
+        recommendation="run on a quiet host (stop what else runs here, or give the app cores of its own); "
+                       "this run says nothing about the app",
+        confidence=0.9)]
+
+
+def host_full_by_run(ctx: Context, t: int) -> bool:
+    """The host's cores were all busy in second ``t``, and with the run's own processes."""
+    tl = ctx.tl
+    return tl.host_cpu.get(t, 0.0) >= HOST_BUSY and tl.foreign_cpu.get(t, 0.0) < FOREIGN_CORES
+
+
 def _server_idle(ctx: Context) -> str:
     """A description when the server had capacity to spare (no resource near saturation), else ''."""
     cpu = max(ctx.tl.worker_cpu.values(), default=0.0)
@@ -128,7 +177,9 @@ def _server_idle(ctx: Context) -> str:
 
 def detect_event_loop_blocked(ctx: Context) -> list[Finding]:
     tl = ctx.tl
-    onset = sustained_onset(tl.lag_p99_ms, lambda v: v >= LOOP_BLOCKED_MS)
+    # a loop late while the run's own processes fill the host is starved of CPU, not blocked
+    lagging = {t: v for t, v in tl.lag_p99_ms.items() if not host_full_by_run(ctx, t)}
+    onset = sustained_onset(lagging, lambda v: v >= LOOP_BLOCKED_MS)
     if onset is None:
         return []
     cpu = _mean_over({t: v for t, v in tl.worker_cpu.items() if tl.lag_p99_ms.get(t, 0) >= LOOP_BLOCKED_MS}, onset)
@@ -183,23 +234,20 @@ HOTSPOT_ADVICE = {
 def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     tl = ctx.tl
     onset = sustained_onset(tl.worker_cpu, lambda v: v >= WORKER_BUSY)
-    # several workers starved together on a full host: count the host only when the workers are what fills it
-    crowded = {t: v for t, v in tl.host_cpu.items()
-               if len(tl.worker_cpu_all.get(t, ())) > 1 and statistics.mean(tl.worker_cpu_all[t]) >= HOST_WORKER_SHARE}
-    host_onset = sustained_onset(crowded, lambda v: v >= HOST_BUSY)
-    if onset is None and host_onset is None:
+    # every core busy with the run's own processes (workers, drivers, the database): the host is full
+    full = {t: v for t, v in tl.host_cpu.items() if host_full_by_run(ctx, t)}
+    host_onset = sustained_onset(full, lambda v: v >= HOST_BUSY)
+    plateau = _cpu_plateau(ctx.stages)
+    if onset is None and host_onset is None and plateau is None:
         return []
-    start = min(t for t in (onset, host_onset) if t is not None)
-    categories, top = inside.hotspots(ctx.rec, (start, float("inf")))
+    start = min(t for t in (onset, host_onset, plateau[0] if plateau else None) if t is not None)
+    hot = inside.cpu_hotspots(ctx.rec, (start, float("inf")))
+    categories, top = hot.categories, hot.frames
     shares = inside.busy_shares(categories)
     hotspot = next(iter(shares), None)
     frame = next(((c, w, ms) for c, w, ms in top if c == hotspot), None)
-    site = None
-    if frame:
-        where, _, func = frame[1].rpartition(" ")
-        path, _, line = where.rpartition(":")
-        site = _site(path, int(line) if line.isdigit() else 0, func)
-    cpu = max(tl.worker_cpu.values(), default=0.0)
+    # a call site is the app's own frame; a library's hottest frame is context, in the evidence
+    site = _frame_site(ctx, frame[1]) if frame else None
     if ctx.workers < ctx.cores:
         scale = (f"this host has {ctx.cores} cores and the app runs {ctx.workers} worker(s): run more workers "
                  f"(e.g. --workers {ctx.cores})")
@@ -207,17 +255,16 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
         scale = (f"every core of this host is in use ({ctx.workers} workers on {ctx.cores} cores): "
                  "more workers cannot help here")
     advice = HOTSPOT_ADVICE.get(hotspot or "", "")
+    source = (f"CPU samples from py-spy, outside the workers ({hot.samples} samples)" if hot.source == "py-spy"
+              else "CPU samples from the agent's sampler on the loop thread (py-spy did not run)")
     return [
         _finding(
             ctx,
             "cpu-saturated",
             start,
-            rule=(
-                f"the busiest worker used ≥ {WORKER_BUSY:.0%} of a core from t={onset}s (peak {cpu:.2f})"
-                if onset is not None
-                else f"the host's cores were ≥ {HOST_BUSY:.0%} busy from t={host_onset}s"
-            ),
-            evidence=tuple(f"{k}: {v:.0%} of the loop's busy CPU" for k, v in list(shares.items())[:4])
+            rule=_cpu_rule(ctx, start, onset, host_onset, plateau),
+            evidence=(source,)
+            + tuple(f"{k}: {v:.0%} of the busy CPU" for k, v in list(shares.items())[:4])
             + ((f"top frame: {frame[1]} ({frame[2]:.0f} ms)",) if frame else ()),
             hotspot=hotspot,
             call_site=site,
@@ -230,7 +277,32 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     ]
 
 
+def _cpu_rule(ctx: Context, start: float, onset: int | None, host_onset: int | None,
+              plateau: tuple[float, float, float] | None) -> str:
+    if onset == start:
+        return (f"the busiest worker used ≥ {WORKER_BUSY:.0%} of a core from t={onset}s "
+                f"(peak {max(ctx.tl.worker_cpu.values()):.2f})")
+    if host_onset == start:
+        return (f"the host is full: its {ctx.cores} cores were ≥ {HOST_BUSY:.0%} busy with the run's own processes "
+                f"(workers, load generator, database) from t={host_onset}s")
+    assert plateau is not None
+    return (f"the busiest worker's CPU stopped rising at {plateau[1]:.2f} of a core from t={start:.0f}s while the "
+            f"offered load rose {plateau[2]:.0%} (a GIL-bound worker peaks below {WORKER_BUSY:.0%})")
+
+
+def _cpu_plateau(stages: list[Stage]) -> tuple[float, float, float] | None:
+    """(onset, cores, load rise) where the busiest worker's CPU stopped rising at ≥ PLATEAU_CPU of a
+    core while the next stage offered more (a GIL-bound sync app peaks below WORKER_BUSY)."""
+    for a, b in zip(stages, stages[1:]):
+        if (a.load > 0 and b.load >= PLATEAU_LOAD_RISE * a.load and a.worker_cpu >= PLATEAU_CPU
+                and b.worker_cpu <= a.worker_cpu * PLATEAU_CPU_RISE):
+            return a.t_start, a.worker_cpu, b.load / a.load - 1
+    return None
+
+
 def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
+    """anyio's thread tokens (Starlette's `def` endpoints), else an executor (`run_in_executor`,
+    `to_thread`): all threads busy with work queued."""
     full: dict[int, float] = {}
     waiting_max, total = 0, 0
     for pts in inside.threadpool(ctx.rec).values():
@@ -240,29 +312,109 @@ def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
             waiting_max, total = max(waiting_max, waiting), tot
     onset = sustained_onset(ctx.steady(full), lambda v: v >= 1.0)
     if onset is None:
-        return []
+        return _executor_exhausted(ctx)
     _, top = inside.hotspots(ctx.rec, (onset, float("inf")), source="pool")
-    site = None
-    if top:
-        where, _, func = top[0][1].rpartition(" ")
-        path, _, line = where.rpartition(":")
-        site = _site(path, int(line) if line.isdigit() else 0, func)
-    return [
-        _finding(
-            ctx,
-            "threadpool-exhausted",
-            onset,
-            rule=f"all {total} of anyio's worker-thread tokens were borrowed with tasks waiting from t={onset}s "
-            f"(up to {waiting_max} waiting)",
-            call_site=site,
-            summary=f"sync endpoints queue for anyio's {total} worker threads"
-            + (f"; the threads sit in `{site.function}()` at {site}" if site else ""),
-            recommendation="make the blocking `def` endpoint async with non-blocking I/O, or raise the limit at "
-                           "startup "
-            f"(`anyio.to_thread.current_default_thread_limiter().total_tokens = {total * 2}`), or add workers",
-            confidence=0.9,
-        )
-    ]
+    site = _frame_site(ctx, top[0][1]) if top else None
+    return [_finding(
+        ctx, "threadpool-exhausted", onset,
+        rule=f"all {total} of anyio's worker-thread tokens were borrowed with tasks waiting from t={onset}s "
+             f"(up to {waiting_max} waiting)",
+        call_site=site,
+        summary=f"sync endpoints queue for anyio's {total} worker threads"
+                + (f"; the threads sit in `{site.function}()` at {site}" if site else ""),
+        recommendation="make the blocking `def` endpoint async with non-blocking I/O, or raise the limit at startup "
+                       f"(`anyio.to_thread.current_default_thread_limiter().total_tokens = {total * 2}`), "
+                       "or add workers",
+        confidence=0.9)]
+
+
+def _executor_exhausted(ctx: Context) -> list[Finding]:
+    found = []
+    for (pid, name), pts in inside.executors(ctx.rec).items():
+        onset = sustained_onset(ctx.steady(inside.full_seconds(pts)), lambda v: v >= 1.0)
+        if onset is not None:
+            found.append((onset, name, pts))
+    if not found:
+        return []
+    onset, name, pts = min(found, key=lambda x: x[0])
+    which = "the loop's default executor" if name == "asyncio" else f"the executor '{name}'"
+    size = pts[-1].limit
+    queued = max(p.waiting for p in pts if p.t >= onset)
+    top = next((w for w in inside.waits(ctx.rec, (onset, float("inf"))) if w.kind == "executor" and w.site), None)
+    site = _wait_site(ctx, top.site) if top else None
+    return [_finding(
+        ctx, "threadpool-exhausted", onset,
+        rule=f"all {size} threads of {which} were busy with work queued from t={onset}s (up to {queued} queued)",
+        evidence=tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}"
+                       for w in inside.waits(ctx.rec, (onset, float("inf")))[:3]),
+        call_site=site,
+        summary=f"blocking work queues for {which} ({size} threads)"
+                + (f", sent there by `{site.function}()` at {site}" if site else ""),
+        recommendation=f"{which} has {size} threads: give it more (max_workers) if the work is I/O that waits, "
+                       "use an async client for that I/O instead, or run CPU-bound work in a process pool",
+        confidence=0.85)]
+
+
+def _wait_site(ctx: Context, where: str | None) -> CallSite | None:
+    return _frame_site(ctx, where) if where else None
+
+
+HTTP_WAIT_SHARE = 0.5  # waiting for a pooled connection is at least this share of the waiting in-flight time
+LOCK_WAITERS = 0.5  # requests waiting on a lock, on average, for it to be contended
+LOCK_KINDS = ("lock", "semaphore", "condition")
+
+
+def detect_http_pool_exhausted(ctx: Context) -> list[Finding]:
+    pools = inside.http_pools(ctx.rec)
+    found = []
+    for (pid, pool_id), (site, pts) in pools.items():
+        onset = sustained_onset(ctx.steady(inside.full_seconds(pts)), lambda v: v >= 1.0)
+        if onset is not None:
+            found.append((onset, site, pts))
+    if not found:
+        return []
+    onset, where, pts = min(found, key=lambda x: x[0])
+    waits = inside.waits(ctx.rec, (onset, float("inf")))
+    acquire = sum(w.share for w in waits if w.kind == "http-pool-acquire")
+    site = _wait_site(ctx, where)
+    limit, waiting = pts[-1].limit, max(p.waiting for p in pts if p.t >= onset)
+    return [_finding(
+        ctx, "http-client-pool-exhausted", onset,
+        rule=f"all {limit} connections of an outbound HTTP client's pool were in use with requests waiting from "
+             f"t={onset}s (up to {waiting} waiting); waiting for a connection was {acquire:.0%} of the in-flight "
+             "time requests spent waiting",
+        evidence=tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}" for w in waits[:3]),
+        call_site=site, share=round(acquire, 3),
+        summary=f"outbound HTTP calls queue for the client's {limit} pooled connections"
+                + (f" (the call in `{site.function}()` at {site})" if site else ""),
+        recommendation=f"raise the client's limit (httpx.Limits(max_connections=...), now {limit}) within what the "
+                       "upstream accepts, or make fewer or shorter calls (cache, batch, time out sooner)",
+        confidence=0.9 if acquire >= HTTP_WAIT_SHARE else 0.7)]
+
+
+def detect_lock_contention(ctx: Context) -> list[Finding]:
+    waiting = inside.waits_per_second(ctx.rec, LOCK_KINDS)
+    onset = sustained_onset(ctx.steady(waiting), lambda v: v >= LOCK_WAITERS)
+    if onset is None:
+        return []
+    waits = inside.waits(ctx.rec, (onset, float("inf")))
+    locks = [w for w in waits if w.kind in LOCK_KINDS]
+    share = sum(w.share for w in locks)
+    if share < 0.5:
+        return []  # requests wait on a lock, but mostly on something else
+    top = locks[0]
+    site = _wait_site(ctx, top.site)
+    return [_finding(
+        ctx, "lock-contention", onset,
+        rule=f"from t={onset}s, {max(v for t, v in waiting.items() if t >= onset):.1f} requests at once waited on "
+             f"an asyncio {top.kind} (≥ {LOCK_WAITERS} on average), {share:.0%} of their waiting time",
+        evidence=tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}" for w in waits[:3]),
+        call_site=site, share=round(share, 3),
+        summary=f"requests queue on an asyncio {top.kind}" + (f" acquired in `{site.function}()` at {site}"
+                                                              if site else ""),
+        recommendation="hold the lock for less time: do not await I/O while holding it (copy what you need, release, "
+                       "then await), shard it per key, or replace it with a structure that needs no lock",
+        confidence=0.85)]
 
 
 def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
@@ -414,9 +566,12 @@ def detect_server_errors(ctx: Context) -> list[Finding]:
 
 BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {
     "load-generator-saturated": detect_load_generator,
+    "host-contended": detect_host_contended,
     "event-loop-blocked": detect_event_loop_blocked,
     "cpu-saturated": detect_cpu_saturated,
     "threadpool-exhausted": detect_threadpool_exhausted,
+    "http-client-pool-exhausted": detect_http_pool_exhausted,
+    "lock-contention": detect_lock_contention,
     "db-pool-exhausted": detect_db_pool_exhausted,
     "fd-exhausted": detect_fd_exhausted,
     "memory-growth": detect_memory_growth,

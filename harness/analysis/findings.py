@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+INVALID = ("load-generator-saturated", "host-contended")  # validity verdicts: the run proves nothing about the app
+
 
 @dataclass(frozen=True)
 class CallSite:
@@ -80,7 +82,7 @@ class Verdict:
     @property
     def invalid(self) -> bool:
         """The run proves nothing about the app (exit code 3)."""
-        return self.bottleneck == "load-generator-saturated"
+        return self.bottleneck in INVALID
 
     def to_json(self) -> dict[str, Any]:
         return {

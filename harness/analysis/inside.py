@@ -57,6 +57,18 @@ class PoolPoint:
         return self.size + max(self.max_overflow, 0)
 
 
+_LIBRARY_MARKS = ("/site-packages/", "/dist-packages/", "/lib/python3", "<")
+
+
+def is_app_path(path: str, app_dir: str = "") -> bool:
+    """True for a file of the app's own code: under its directory (when known) and not an installed
+    package or the standard library."""
+    p = path.replace("\\", "/")
+    if any(mark in p for mark in _LIBRARY_MARKS) or p.startswith("<"):
+        return False
+    return not app_dir or p.startswith(app_dir.rstrip("/") + "/")
+
+
 def records(rec: Recording, kind: type[R]) -> Iterable[tuple[int, R]]:
     """(pid, record) for every agent record of type ``kind``."""
     for pid, rows in rec.agents.items():
@@ -201,3 +213,109 @@ def profiles(rec: Recording) -> list[dict[str, Any]]:
     """Profile windows the workers completed, with their files."""
     return [{"pid": pid, "type": "profile", "id": r.id, "seconds": r.seconds, "files": list(r.files),
              "errors": dict(r.errors)} for pid, r in records(rec, AgentProfile)]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """In-flight time spent waiting, of one kind at one app line, over a window."""
+
+    kind: str  # http-pool-acquire | http-response | db-pool-acquire | db-statement | lock | semaphore | ...
+    site: str | None  # "file:line function" of the app's own code
+    ms: float  # request-milliseconds spent waiting there
+    share: float  # of all waiting time in the window
+
+
+def waits(rec: Recording, window: tuple[float, float] | None = None) -> list[Wait]:
+    """Where slow in-flight requests waited, most waited first."""
+    lo, hi = window if window else (-math.inf, math.inf)
+    total: Counter[str] = Counter()
+    for _, r in records(rec, AgentTick):
+        if lo <= r.t - rec.t0 < hi:
+            total.update(r.waits_ms)
+    all_ms = sum(total.values()) or 1.0
+    out = []
+    for key, ms in total.most_common():
+        kind, _, site = key.partition("|")
+        out.append(Wait(kind, site or None, round(ms, 1), round(ms / all_ms, 4)))
+    return out
+
+
+def waits_per_second(rec: Recording, kinds: tuple[str, ...]) -> dict[int, float]:
+    """Requests waiting on average (request-seconds per second) in waits of ``kinds``, per second."""
+    out: dict[int, float] = defaultdict(float)
+    for _, r in records(rec, AgentTick):
+        ms = sum(v for k, v in r.waits_ms.items() if k.partition("|")[0] in kinds)
+        out[math.floor(r.t - rec.t0)] += ms / 1000.0
+    return dict(out)
+
+
+@dataclass(frozen=True)
+class LimitPoint:
+    """A bounded resource in one tick: its limit, how much of it is used, and how many wait for it."""
+
+    t: float
+    limit: int
+    used: int
+    waiting: int
+
+
+def http_pools(rec: Recording) -> dict[tuple[int, str], tuple[str, list[LimitPoint]]]:
+    """Per (worker, pool): the app line that waited on it, and its gauges each tick."""
+    out: dict[tuple[int, str], tuple[str, list[LimitPoint]]] = {}
+    for pid, r in records(rec, AgentTick):
+        for p in r.http_pools:
+            site, pts = out.setdefault((pid, p.id), (p.site, []))
+            pts.append(LimitPoint(r.t - rec.t0, p.limit, p.in_use, p.waiting))
+    return out
+
+
+def executors(rec: Recording) -> dict[tuple[int, str], list[LimitPoint]]:
+    """Per (worker, executor name): threads busy against max_workers, work queued, each tick."""
+    out: dict[tuple[int, str], list[LimitPoint]] = defaultdict(list)
+    for pid, r in records(rec, AgentTick):
+        for e in r.executors:
+            out[(pid, e.name)].append(LimitPoint(r.t - rec.t0, e.max_workers, e.busy, e.queued))
+    return dict(out)
+
+
+def full_seconds(points: Iterable[LimitPoint]) -> dict[int, float]:
+    """1.0 for each second in which the resource was all in use with someone waiting, else 0.0."""
+    out: dict[int, float] = {}
+    for p in points:
+        sec = math.floor(p.t)
+        out[sec] = max(out.get(sec, 0.0), 1.0 if p.limit and p.used >= p.limit and p.waiting > 0 else 0.0)
+    return out
+
+
+@dataclass(frozen=True)
+class CpuHotspots:
+    """The loop's (or the whole worker's) CPU by category and by naming frame, and where it came from."""
+
+    categories: dict[str, float]  # ms
+    frames: list[tuple[str, str, float]]  # (category, "file:line function", ms), hottest first
+    source: str  # "py-spy" (sampled from outside) | "agent" (the in-process SIGPROF sampler)
+    samples: int
+
+
+def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
+    """CPU hotspots in ``window``: from py-spy's samples when it could attach, else from the agent's sampler."""
+    from harness.agent.stacks import category
+
+    lo, hi = window
+    app_dir = rec.scenario.app.app_dir if not rec.scenario.url else ""
+    profiles = [p for p in rec.cpu_profiles if p.samples and lo <= p.t_start < hi]
+    if not profiles:
+        cats, top = hotspots(rec, window)
+        return CpuHotspots(cats, top, "agent", 0)
+    cats_ms: Counter[str] = Counter()
+    frames_ms: Counter[tuple[str, str]] = Counter()
+    for p in profiles:
+        for stack, n in p.stacks:
+            ms = n * 1000.0 / p.rate_hz
+            cat = category(list(stack), library=lambda path: not is_app_path(path, app_dir))
+            cats_ms[cat] += ms
+            named = next((f for f in stack if is_app_path(f[0], app_dir)), stack[0] if stack else None)
+            if named is not None:
+                frames_ms[(cat, f"{named[0]}:{named[1]} {named[2]}")] += ms
+    top = [(c, w, round(ms, 1)) for (c, w), ms in frames_ms.most_common(20)]
+    return CpuHotspots(dict(cats_ms), top, "py-spy", sum(p.samples for p in profiles))

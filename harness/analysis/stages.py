@@ -16,6 +16,7 @@ from harness.analysis import inside
 from harness.analysis.series import load_window, percentile, proc_series
 from harness.histogram import Histogram
 from harness.recording import Recording, Second
+from harness.records import Event
 
 PLAIN_STAGE_S = 5  # window length when a plain run has no stages of its own
 
@@ -62,6 +63,9 @@ class Timeline:
     worker_cpu_all: dict[int, list[float]] = field(default_factory=dict)
     driver_cpu: dict[int, float] = field(default_factory=dict)  # busiest driver
     host_cpu: dict[int, float] = field(default_factory=dict)  # mean over cores, 0..1
+    run_cpu: dict[int, float] = field(default_factory=dict)  # cores used by the run's own processes
+    foreign_cpu: dict[int, float] = field(default_factory=dict)  # cores used on the host by everything else
+    runq: dict[int, float] = field(default_factory=dict)  # busiest worker's runnable-but-waiting s/s
     lag_p99_ms: dict[int, float] = field(default_factory=dict)  # worst worker
     stalled_ms: dict[int, float] = field(default_factory=dict)
     fds: dict[int, float] = field(default_factory=dict)  # fullest server process
@@ -70,8 +74,22 @@ class Timeline:
     late: dict[int, int] = field(default_factory=dict)
 
 
+def search_end(rec: Recording) -> Event | None:
+    """How diagnose mode's search ended (``why``: knee, max-time, max-rate, max-users, collapse), if it did."""
+    return next((e for e in reversed(rec.events) if e.kind == "search-ended"), None)
+
+
+def collapsed(rec: Recording) -> bool:
+    """Diagnose mode's calibration found the app collapsed: that burst is then the run's one stage."""
+    end = search_end(rec)
+    return end is not None and end.why == "collapse"
+
+
 def calibration_windows(rec: Recording) -> list[tuple[float, float]]:
-    """Diagnose mode's calibration bursts: saturated on purpose, so no onset may come from them."""
+    """Diagnose mode's calibration bursts: saturated on purpose, so no onset may come from them
+    (unless the app collapsed under one: then it is what the run is about)."""
+    if collapsed(rec):
+        return []
     marks = [e for e in rec.events if e.kind == "stage" and e.t_start is not None and e.t_end is not None]
     # a burst's effects last until the next stage starts (its requests drain in between)
     return [(e.t_start, marks[i + 1].t_start if i + 1 < len(marks) else e.t_end + 1)  # type: ignore[misc, operator]
@@ -120,21 +138,36 @@ def _timeline(rec: Recording) -> Timeline:
         for t, v in pts:
             tl.rss_mb[t] = tl.rss_mb.get(t, 0.0) + v
     host: dict[int, list[float]] = {}
+    foreign: dict[int, list[float]] = {}
+    run: dict[int, list[float]] = {}
     for s in rec.samples:
         if window[0] <= s.t < window[1] and s.host_cpu:
-            host.setdefault(math.floor(s.t), []).append(sum(s.host_cpu) / len(s.host_cpu))
+            t = math.floor(s.t)
+            host.setdefault(t, []).append(sum(s.host_cpu) / len(s.host_cpu))
+            ours = sum(p.cpu for p in s.procs)
+            run.setdefault(t, []).append(ours)
+            foreign.setdefault(t, []).append(max(0.0, sum(s.host_cpu) - ours))
     tl.host_cpu = {t: sum(v) / len(v) for t, v in host.items()}
+    tl.run_cpu = {t: sum(v) / len(v) for t, v in run.items()}
+    tl.foreign_cpu = {t: sum(v) / len(v) for t, v in foreign.items()}
+    for pts in proc_series(rec, "worker", "runq", window).values():
+        for t, v in pts:
+            tl.runq[t] = max(tl.runq.get(t, 0.0), v)
+    # the agents stream from the workers' start: only the seconds of load count (boot is not load)
     for pts in inside.loop_lag(rec).values():
         for t, _, p99, _ in pts:
-            tl.lag_p99_ms[t] = max(tl.lag_p99_ms.get(t, 0.0), p99)
+            if window[0] <= t < window[1]:
+                tl.lag_p99_ms[t] = max(tl.lag_p99_ms.get(t, 0.0), p99)
     for st in inside.stalls(rec):
-        tl.stalled_ms[math.floor(st.t)] = tl.stalled_ms.get(math.floor(st.t), 0.0) + st.duration_ms
+        if window[0] <= st.t < window[1]:
+            tl.stalled_ms[math.floor(st.t)] = tl.stalled_ms.get(math.floor(st.t), 0.0) + st.duration_ms
     return tl
 
 
 def stage_bounds(rec: Recording) -> list[tuple[float, float, float | None, int | None]]:
     """(start, end, offered rate, users) of each stage of the run."""
-    marked = [e for e in rec.events if e.kind == "stage" and (e.phase or "step") == "step"]
+    kept = ("step", "calibrate") if collapsed(rec) else ("step",)
+    marked = [e for e in rec.events if e.kind == "stage" and (e.phase or "step") in kept]
     if marked:
         return [(e.t_start or 0.0, e.t_end or 0.0, e.offered_rps, e.users) for e in marked]
     load = rec.scenario.load

@@ -11,16 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from harness.analysis.detectors import CAUSAL_ORDER, Context, run_detectors
-from harness.analysis.findings import Finding, Onset, Secondary, Verdict
+from harness.analysis import inside
+from harness.analysis.detectors import (
+    CAUSAL_ORDER,
+    DRIVER_BUSY,
+    FOREIGN_CORES,
+    LOOP_BLOCKED_MS,
+    PLATEAU_CPU,
+    WORKER_BUSY,
+    Context,
+    run_detectors,
+)
+from harness.analysis.findings import INVALID, Finding, Onset, Secondary, Verdict
 from harness.analysis.knee import Knee, find_knee, fit_usl
 from harness.analysis.series import role_pids
-from harness.analysis.stages import Stage, calibration_windows, timeline
+from harness.analysis.stages import Stage, calibration_windows, collapsed, search_end, timeline
 from harness.analysis.stages import stages as stages_of
 from harness.recording import Recording
 
 TIE_S = 1.0
-NO_KNEE_NEEDED = ("fd-exhausted", "memory-growth", "server-errors")
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,11 @@ def context(rec: Recording) -> Context:
     st = stages_of(rec, tl)
     slo = rec.scenario.slo
     knee = find_knee(st, slo.p99_ms, slo.error_rate)
+    if collapsed(rec) and st:
+        s = st[0]
+        knee = Knee(stage=s.index, t_s=s.t_start, offered_rps=None, users=s.users, last_good_rps=None,
+                    reason=f"the app collapsed at {s.users} users: {s.requests} responses in "
+                           f"{s.t_end - s.t_start:.0f} s", baseline_p99_ms=0.0, p99_ms=round(s.p99_ms, 2))
     workers = len(role_pids(rec, "worker")) or rec.run.server.workers or 1
     workers = min(workers, rec.scenario.app.workers or workers)
     return Context(rec=rec, tl=tl, stages=st, knee=knee, slo_p99_ms=slo.p99_ms, slo_errors=slo.error_rate,
@@ -73,49 +87,85 @@ def first_bottleneck(findings: list[Finding], knee: Knee | None, knee_end: float
     return chosen
 
 
+INVALID_WHY = {"load-generator-saturated": "the load generator, not the app, limited it",
+               "host-contended": "processes outside the run took the CPU the app needed"}
+
+
 def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
-    """The first bottleneck among ``findings``, or ``none``."""
+    """The first bottleneck among ``findings``; ``unexplained`` when something gave and no rule says
+    why; ``none`` only when the app held the load, latency stayed flat and nothing saturated."""
     knee = ctx.knee
     usl = fit_usl(ctx.stages) if len(ctx.stages) >= 4 else None
     knee_dict = {**knee.to_dict(), "usl": usl.to_dict() if usl else None} if knee else (
         {"usl": usl.to_dict()} if usl else None)
-    invalid = [f for f in findings if f.kind == "load-generator-saturated"]
+    invalid = [f for f in findings if f.kind in INVALID]
     if invalid:
         f = invalid[0]
-        return _verdict(
-            f, [], knee_dict, "The run is invalid: the load generator, not the app, limited it — " + f.rule + "."
-        )
+        return _verdict(f, [], knee_dict, f"The run is invalid: {INVALID_WHY[f.kind]} — {f.rule}.")
     knee_end = next((s.t_end for s in ctx.stages if knee and s.index == knee.stage), None)
     chosen = first_bottleneck(findings, knee, knee_end)
-    if knee is None and chosen is not None and chosen.kind not in NO_KNEE_NEEDED and not _slo_broken(ctx):
-        # a saturated resource while the app still held the load is worth telling, not a bottleneck yet
-        secondary = findings
-        chosen = None
-    else:
-        secondary = [f for f in findings if f is not chosen]
-    if chosen is None:
-        held = max((s.achieved_rps for s in ctx.stages), default=0.0)
-        slo = f" within its SLO (p99 ≤ {ctx.slo_p99_ms:.0f} ms)" if ctx.slo_p99_ms else ""
-        text = (f"No bottleneck: the app held the whole offered load{slo}, up to {held:,.0f} req/s."
-                if knee is None else f"The load broke the app at the knee ({knee.reason}) but no detector found why; "
-                                     "look at the profiles and the timeline.")
-        return Verdict(
-            bottleneck="none",
-            summary=text,
-            evidence=(f"knee: {knee.reason}",) if knee else (),
-            recommendation=""
-            if knee is None
-            else "profile at the knee (fastapi-harness diagnose) and read the hotspots",
-            confidence=0.8 if knee is None else 0.3,
-            secondary=_secondary(secondary),
-            knee=knee_dict,
-            findings=tuple(findings),
-        )
-    return _verdict(chosen, secondary, knee_dict, _sentence(chosen, ctx))
+    if chosen is not None:
+        return _verdict(chosen, [f for f in findings if f is not chosen], knee_dict, _sentence(chosen, ctx))
+    if knee is not None:
+        return _unexplained(ctx, knee, knee_dict)
+    held = max((s.achieved_rps for s in ctx.stages), default=0.0)
+    slo = f" within its SLO (p99 ≤ {ctx.slo_p99_ms:.0f} ms)" if ctx.slo_p99_ms else ""
+    end = search_end(ctx.rec)
+    budget = (f"; the search ended on its --{end.why} budget before anything gave: raise it to look further"
+              if end is not None and end.why in ("max-time", "max-rate", "max-users") else "")
+    return Verdict(bottleneck="none", summary=f"No bottleneck: the app held the whole offered load{slo}, up to "
+                                              f"{held:,.0f} req/s{budget}.",
+                   recommendation="", confidence=0.8, knee=knee_dict)
 
 
-def _slo_broken(ctx: Context) -> bool:
-    return any(s.p99_ms > ctx.slo_p99_ms for s in ctx.stages) if ctx.slo_p99_ms else False
+def _unexplained(ctx: Context, knee: Knee, knee_dict: dict[str, Any] | None) -> Verdict:
+    """Something gave and no rule explains it: what was ruled out, with its numbers, and where the time went."""
+    after = (knee.t_s, float("inf"))
+    _, top = inside.hotspots(ctx.rec, after)
+    hot = next(((c, w, ms) for c, w, ms in top if c == "app-code"), top[0] if top else None)
+    waited = inside.waits(ctx.rec, after)
+    where = "".join([
+        f"; requests waited most in {waited[0].kind}" + (f" at {waited[0].site}" if waited[0].site else "")
+        + f" ({waited[0].share:.0%} of their waiting time)" if waited else "",
+        f"; the hottest frame after it was {hot[1]} ({hot[0]}, {hot[2]:.0f} ms of CPU)" if hot else ""])
+    profiled = ctx.rec.run.mode == "diagnose"
+    return Verdict(
+        bottleneck="unexplained", onset=Onset(knee.t_s, knee.offered_rps, knee.users),
+        summary=f"The load broke the app at the knee ({knee.reason}) and no rule explains why{where}.",
+        evidence=(f"knee: {knee.reason}", *ruled_out(ctx)),
+        recommendation="read the workers' profiles taken at the knee (the report links them) and the timeline"
+                       if profiled else "run `fastapi-harness diagnose` on this scenario: it profiles every worker "
+                                        "at the knee",
+        confidence=0.3, knee=knee_dict,
+    )
+
+
+def ruled_out(ctx: Context) -> list[str]:
+    """Each rule that did not fire, with the numbers it saw, for an ``unexplained`` verdict."""
+    tl = ctx.tl
+    tp = [pt for pts in inside.threadpool(ctx.rec).values() for pt in pts]
+    pools = [p for pts in inside.pools(ctx.rec).values() for p in pts]
+    fd = max(tl.fd_ratio.values(), default=0.0)
+    out = [
+        f"ruled out the load generator: its busiest process used {max(tl.driver_cpu.values(), default=0.0):.2f} "
+        f"of a core (rule: ≥ {DRIVER_BUSY:.2f})",
+        f"ruled out the host: other processes used at most {max(tl.foreign_cpu.values(), default=0.0):.2f} cores "
+        f"(rule: ≥ {FOREIGN_CORES})",
+        f"ruled out a blocked loop: loop-lag p99 peaked at {max(tl.lag_p99_ms.values(), default=0.0):.0f} ms "
+        f"(rule: ≥ {LOOP_BLOCKED_MS:.0f} ms with the worker mostly idle)",
+        f"ruled out CPU: the busiest worker peaked at {max(tl.worker_cpu.values(), default=0.0):.2f} of a core "
+        f"(rule: ≥ {WORKER_BUSY:.2f}, or a plateau ≥ {PLATEAU_CPU:.2f}) and the host at "
+        f"{max(tl.host_cpu.values(), default=0.0):.0%}",
+        (f"ruled out the threadpool: at most {max(b for _, _, b, _ in tp)} of {tp[-1][1]} tokens borrowed"
+         if tp else "ruled out the threadpool: no sync endpoint ran (anyio's limiter unused)"),
+        (f"ruled out DB pools: at most {max(p.checked_out for p in pools)} of {pools[-1].capacity} connections "
+         "checked out" if pools else "ruled out DB pools: no SQLAlchemy pool was used"),
+        f"ruled out file descriptors: at most {fd:.0%} of the limit",
+    ]
+    errors = sum(s.errors for s in ctx.rec.seconds)
+    requests = sum(s.completed for s in ctx.rec.seconds)
+    out.append(f"ruled out errors: {errors:,} of {requests:,} requests failed")
+    return out
 
 
 def _secondary(findings: list[Finding]) -> tuple[Secondary, ...]:
@@ -132,14 +182,30 @@ def _verdict(f: Finding, secondary: list[Finding], knee: dict[str, Any] | None, 
 
 def _sentence(f: Finding, ctx: Context) -> str:
     """'First bottleneck: …, from 40 req/s (t = 6 s); p99 went 12 ms → 840 ms while …'."""
-    where = f"from {f.onset_offered_rps:,.0f} req/s (t = {f.onset_t:.0f} s)" if f.onset_offered_rps else (
-        f"from t = {f.onset_t:.0f} s" if f.onset_t is not None else "")
     knee = ctx.knee
-    p99 = f"; p99 went {knee.baseline_p99_ms:.0f} ms → {knee.p99_ms:.0f} ms" if knee else ""
+    first = ctx.stages[0] if ctx.stages else None
+    from_start = (first is not None and f.onset_t is not None and f.onset_t <= first.t_end
+                  and (knee is None or knee.stage == first.index) and not collapsed(ctx.rec))
+    if from_start:
+        # no stage before the load broke the app: it was saturated from the first one
+        where = f"saturated from the start at {first.achieved_rps:,.0f} req/s" + (
+            f" ({first.users} users)" if first.users else "")
+        knee = None  # no baseline to have risen from
+    elif f.onset_offered_rps:
+        where = f"from {f.onset_offered_rps:,.0f} req/s (t = {f.onset_t:.0f} s)"
+    else:
+        where = f"from t = {f.onset_t:.0f} s" if f.onset_t is not None else ""
+    if knee is None:
+        p99 = ""
+    elif collapsed(ctx.rec):
+        p99 = f"; {knee.reason}"
+    else:
+        p99 = f"; p99 went {knee.baseline_p99_ms:.0f} ms → {knee.p99_ms:.0f} ms"
     cpu = max(ctx.tl.worker_cpu.values(), default=0.0)
     tail = (
         f" while worker CPU peaked at {cpu:.0%} of a core"
-        if f.kind in ("event-loop-blocked", "db-pool-exhausted", "threadpool-exhausted")
+        if f.kind in ("event-loop-blocked", "db-pool-exhausted", "threadpool-exhausted", "http-client-pool-exhausted",
+                      "lock-contention")
         else ""
     )
     advice = f.recommendation[:1].upper() + f.recommendation[1:]

@@ -47,6 +47,8 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
     verdict = summary.get("verdict")
     if verdict:
         rows.insert(0, ("verdict", f"{verdict['bottleneck']}: {verdict['summary']}"))
+        for i, also in enumerate(verdict.get("secondary", ()), 1):
+            rows.insert(i, ("also found", f"{also['bottleneck']}: {also['summary']}"))
     rows.append(("report", run_dir))
     for k, v in rows:
         table.add_row(k, v)

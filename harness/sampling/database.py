@@ -23,6 +23,30 @@ def plain_dsn(url: str) -> str:
     return ("postgresql" if scheme == "postgres" else scheme) + sep + rest
 
 
+def local_server(port: int) -> Callable[[], list[int]]:
+    """A function listing the database server on this host that listens on ``port``: its main
+    process and its children (PostgreSQL forks a backend per connection), re-listed on each call;
+    empty when it listens elsewhere. The listener is looked up once (that reads every socket)."""
+    import psutil
+
+    try:
+        owners = sorted({c.pid for c in psutil.net_connections(kind="tcp")
+                         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid})
+    except psutil.Error:
+        owners = []
+
+    def pids() -> list[int]:
+        out: list[int] = []
+        for pid in owners:
+            try:
+                out += [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+            except psutil.Error:
+                continue
+        return out
+
+    return pids
+
+
 def db_port(url: str) -> int | None:
     """The TCP port of a database URL, if it has one (SQLite has none)."""
     try:

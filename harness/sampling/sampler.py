@@ -7,6 +7,7 @@ the master for its children again, and a PID that appears or vanishes becomes an
 from __future__ import annotations
 
 import collections
+import os
 import resource
 import threading
 import time
@@ -14,9 +15,11 @@ from typing import Callable
 
 import psutil
 
-from harness.records import Event, ProcessSample, Sample
+from harness.records import Event, ForeignProcess, ProcessSample, Sample
 
 CONN_EVERY_S = 1.0  # listing TCP connections reads /proc/net/tcp: once a second is plenty
+HOST_BUSY_FOR_FOREIGN = 0.85  # host CPU share from which processes outside the run are looked at
+TOP_FOREIGN = 5
 
 
 class Sampler(threading.Thread):
@@ -46,6 +49,8 @@ class Sampler(threading.Thread):
         self._procs: dict[int, psutil.Process] = {}
         self._workers_seen: set[int] = set()
         self._last_conns = 0.0
+        self._run_delay: dict[int, tuple[float, int]] = {}  # pid → (when, run_delay ns) at the last read
+        self._others: dict[int, psutil.Process] = {}  # processes outside the run, while the host is busy
         self.errors: collections.Counter[str] = collections.Counter()
 
     def stop(self) -> None:
@@ -97,7 +102,49 @@ class Sampler(threading.Thread):
         for pid in list(self._procs):
             if pid not in live:
                 self._procs.pop(pid, None)
-        return Sample(t, tuple(procs), tuple(round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True)))
+        host = tuple(round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True))
+        foreign = self._foreign({p.pid for p in procs}, host) if with_conns else None
+        return Sample(t, tuple(procs), host, foreign)
+
+    def _foreign(self, ours: set[int], host: tuple[float, ...]) -> tuple[ForeignProcess, ...] | None:
+        """The processes outside the run that used the most CPU since the last look, while the host is
+        busy (None when it is not: then nobody is looked at, which costs nothing)."""
+        if not host or sum(host) / len(host) < HOST_BUSY_FOR_FOREIGN:
+            self._others.clear()
+            return None
+        seen = []
+        for p in psutil.process_iter(["name"]):
+            if p.pid in ours or p.pid == 0:
+                continue
+            known = self._others.get(p.pid)
+            try:
+                if known is None:
+                    self._others[p.pid] = p
+                    p.cpu_percent()  # primes it: its first figure comes next second
+                    continue
+                cpu = known.cpu_percent() / 100.0
+            except psutil.Error:
+                self._others.pop(p.pid, None)
+                continue
+            if cpu >= 0.01:
+                seen.append(ForeignProcess(p.pid, p.info["name"] or "?", round(cpu, 3)))
+        return tuple(sorted(seen, key=lambda f: -f.cpu)[:TOP_FOREIGN])
+
+    def _runq(self, pid: int) -> float | None:
+        """Seconds per second the process's threads waited runnable for a CPU since the last read."""
+        total = 0
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
+        now = time.monotonic()
+        last = self._run_delay.get(pid)
+        self._run_delay[pid] = (now, total)
+        if last is None or now <= last[0]:
+            return None
+        return round(max(0, total - last[1]) / 1e9 / (now - last[0]), 4)
 
     def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> ProcessSample:
         with p.oneshot():
@@ -106,10 +153,11 @@ class Sampler(threading.Thread):
             fd_limit: int | None = p.rlimit(resource.RLIMIT_NOFILE)[0]
         except (psutil.AccessDenied, AttributeError):
             fd_limit = None
-        tcp = db_conns = None
+        tcp = db_conns = runq = None
         if with_conns:
             conns = p.net_connections(kind="tcp")
             tcp = dict(collections.Counter(c.status for c in conns))
             if self.db_port and role != "driver":
                 db_conns = sum(1 for c in conns if c.raddr and c.raddr.port == self.db_port)
-        return ProcessSample(p.pid, role, round(cpu, 4), round(rss / 2**20, 2), fds, fd_limit, tcp, db_conns)
+            runq = self._runq(p.pid) if role != "driver" else None
+        return ProcessSample(p.pid, role, round(cpu, 4), round(rss / 2**20, 2), fds, fd_limit, tcp, db_conns, runq)

@@ -1,0 +1,99 @@
+"""The verdict's newer rules on committed recordings: unexplained knees, CPU plateaus, a collapsed
+calibration, a search that ran out of budget, the host's own contention."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness.analysis.detectors import _cpu_plateau
+from harness.analysis.stages import Stage
+from harness.analysis.verdict import diagnose
+from harness.histogram import Histogram
+from harness.recording import Recording
+from harness.records import DriverSecond, Event
+from tests.conftest import DATA
+
+
+def load(name: str) -> Recording:
+    return Recording.load(DATA / name)
+
+
+def quieter(rec: Recording, factor: float) -> Recording:
+    """``rec`` with every process's and the host's CPU scaled by ``factor`` and the agents' view dropped:
+    the same knee, with no resource near its limit."""
+    samples = tuple(dataclasses.replace(s, host_cpu=tuple(c * factor for c in s.host_cpu),
+                                        procs=tuple(dataclasses.replace(p, cpu=p.cpu * factor) for p in s.procs))
+                    for s in rec.samples)
+    return dataclasses.replace(rec, samples=samples, agents={})
+
+
+def test_a_knee_no_rule_explains_is_unexplained_with_what_was_ruled_out():
+    d = diagnose(quieter(load("diagnose_fast"), 0.5))  # a knee (throughput stopped following), CPU at half
+    v = d.verdict
+    assert v.bottleneck == "unexplained", v.summary
+    assert "no rule explains why" in v.summary and v.onset.t_s == d.knee.t_s
+    ruled = [e for e in v.evidence if e.startswith("ruled out")]
+    assert len(ruled) == 8 and any("the busiest worker peaked at 0.5" in e for e in ruled)
+    assert "profiles" in v.recommendation  # a diagnose run: its own profiles, not "run diagnose"
+    assert diagnose(quieter(load("diagnose_fast"), 0.9)).verdict.bottleneck == "cpu-saturated"  # near the rule
+
+
+def _stage(i: int, load: float, cpu: float) -> Stage:
+    return Stage(index=i, t_start=4.0 * i, t_end=4.0 * i + 4, offered_rps=load, users=None, sent_rps=load,
+                 achieved_rps=load, answered_rps=load, requests=1000, errors=0, p50_ms=5, p90_ms=8, p99_ms=10,
+                 concurrency=1.0, worker_cpu=cpu, loop_lag_p99_ms=1.0)
+
+
+@pytest.mark.parametrize("cpus,expected", [
+    ((0.50, 0.72, 0.73), 4.0),  # stops rising at 0.72 of a core while the load rose 50 %: CPU-bound
+    ((0.50, 0.72, 0.79), None),  # still rising (+10 %)
+    ((0.50, 0.66, 0.66), None),  # flat, but below 0.7 of a core: something else limits it
+])
+def test_a_cpu_plateau_near_its_threshold(cpus, expected):
+    plateau = _cpu_plateau([_stage(i, 100 * 1.5 ** i, c) for i, c in enumerate(cpus)])
+    assert (plateau[0] if plateau else None) == expected
+
+
+def test_a_search_that_ran_out_of_time_says_so():
+    rec = load("diagnose_health")
+    ended = dataclasses.replace(rec, events=(*rec.events, Event(30.0, "search-ended", why="max-time",
+                                                                offered_rps=200.0)))
+    v = diagnose(ended).verdict
+    assert v.bottleneck == "none" and "search ended on its --max-time budget" in v.summary
+
+
+def test_a_collapsed_calibration_is_the_verdict_in_those_words():
+    rec = load("diagnose_sync_sleep")
+    calib = next(e for e in rec.events if e.kind == "stage" and e.phase == "calibrate")
+    # as if the burst had got nothing back: the app collapsed under its users
+    secs = [dataclasses.replace(r, outcomes={"timeout": 1}, hist=Histogram())
+            if isinstance(r, DriverSecond) and calib.t_start <= r.t < calib.t_end else r for r in rec.driver_records]
+    events = (*(e for e in rec.events if e.phase != "step"),  # a collapsed calibration is not stepped from
+              Event(calib.t_end, "search-ended", why="collapse", users=calib.users))
+    d = diagnose(dataclasses.replace(rec, driver_records=tuple(secs), events=events))
+    assert d.knee is not None and d.knee.reason.startswith(f"the app collapsed at {calib.users} users")
+    assert [s.index for s in d.stages] == [0] and "collapsed" in d.verdict.summary
+    assert "p99 went" not in d.verdict.summary
+
+
+def test_a_busy_host_is_a_validity_verdict_naming_the_other_processes():
+    v = diagnose(load("run_host_contended")).verdict
+    assert v.bottleneck == "host-contended" and v.invalid and v.secondary == ()
+    assert "processes outside the run used" in v.evidence[0]
+    assert [e.split(" (pid")[0] for e in v.evidence[1:3]] == ["python", "python"]  # the two busy loops
+
+
+def test_the_same_host_quiet_is_not_contended():
+    rec = load("run_host_contended")
+    ours = dataclasses.replace(rec, samples=tuple(  # as if the busy loops had been part of the run
+        dataclasses.replace(s, host_cpu=tuple(min(1.0, c) * 0.3 for c in s.host_cpu), foreign=None)
+        for s in rec.samples))
+    assert diagnose(ours).verdict.bottleneck != "host-contended"
+
+
+def test_a_run_saturated_from_its_first_second_says_so():
+    v = diagnose(load("run_blocking_from_start")).verdict
+    assert v.bottleneck == "event-loop-blocked" and "saturated from the start at" in v.summary
+    assert "p99 went" not in v.summary and v.call_site.function == "blocking" and v.onset.t_s >= 0
