@@ -544,6 +544,13 @@ def theil_sen(points: list[tuple[int, float]]) -> tuple[float, float, float]:
 
 
 def detect_server_errors(ctx: Context) -> list[Finding]:
+    died = next((e for e in ctx.rec.events if e.kind == "target-died"), None)
+    if died is not None and died.t is not None:
+        return [_finding(
+            ctx, "server-errors", died.t,
+            rule=f"the target exited mid-run at t={died.t:.0f}s",
+            summary="the app's server exited mid-run", confidence=0.9,
+            recommendation="read server.stderr.log in the run directory for why it exited, and fix that")]
     rate = {s.t: s.errors / s.completed for s in ctx.rec.seconds if s.completed}
     limit = max(ctx.slo_errors, ERROR_RATE)
     onset = sustained_onset(ctx.steady(rate), lambda v: v > limit)

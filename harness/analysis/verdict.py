@@ -29,7 +29,7 @@ from harness.analysis.stages import Stage, calibration_windows, collapsed, searc
 from harness.analysis.stages import stages as stages_of
 from harness.recording import Recording
 
-TIE_S = 1.0
+TIE_S = 0.5  # onsets are whole seconds: only those in the same second tie
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,8 @@ def _sentence(f: Finding, ctx: Context) -> str:
     knee = ctx.knee
     first = ctx.stages[0] if ctx.stages else None
     from_start = (first is not None and f.onset_t is not None and f.onset_t <= first.t_end
-                  and (knee is None or knee.stage == first.index) and not collapsed(ctx.rec))
+                  and (knee is None or knee.stage == first.index) and not collapsed(ctx.rec)
+                  and f.kind != "server-errors")  # errors are no saturation
     if from_start:
         # no stage before the load broke the app: it was saturated from the first one
         where = f"saturated from the start at {first.achieved_rps:,.0f} req/s" + (
@@ -197,8 +198,8 @@ def _sentence(f: Finding, ctx: Context) -> str:
         where = f"from t = {f.onset_t:.0f} s" if f.onset_t is not None else ""
     if knee is None:
         p99 = ""
-    elif collapsed(ctx.rec):
-        p99 = f"; {knee.reason}"
+    elif collapsed(ctx.rec) or knee.p99_ms < 1.2 * knee.baseline_p99_ms:
+        p99 = f"; {knee.reason}"  # latency did not rise (much): say what did give
     else:
         p99 = f"; p99 went {knee.baseline_p99_ms:.0f} ms → {knee.p99_ms:.0f} ms"
     cpu = max(ctx.tl.worker_cpu.values(), default=0.0)
