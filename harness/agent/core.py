@@ -276,7 +276,11 @@ class Agent:
         if self.routes is not None:
             rec.update(self.routes.drain(final))
         if self.waits is not None:
-            if self.routes is None or self.routes.inflight:
+            routes = self.routes
+            # walk only when a request may be waiting: one was slow lately, none finished while some
+            # are in flight (stuck), or the last walk found one; a loop serving fast requests pays nothing
+            if routes is not None and routes.inflight and (
+                    self.waits.active or routes.slowest_us * 1000 >= waits.SLOW_NS or not rec.get("routes")):
                 self.waits.walk(self.loop)
             rec.update(self.waits.read())
         return rec

@@ -46,6 +46,7 @@ class AgentMiddleware:
         self.labels: Dict[Tuple[Any, Any], str] = {}  # tally key → "METHOD /path"
         self.route_objects: Dict[int, Any] = {}  # the route objects whose ids are keys (kept alive)
         self.raw_paths: set = set()
+        self.slowest_us = 0  # the slowest request of the last drained tally
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not self.ready:
@@ -135,11 +136,14 @@ class AgentMiddleware:
             self._settled = {}
         routes: Dict[str, Dict[str, Any]] = {}
         exceptions: Dict[str, Dict[str, int]] = {}
+        self.slowest_us = 0
         for tally in tallies:
             for key, exc in tally.pop(RAISED, ()):
                 by_type = exceptions.setdefault(self.labels[key], {})
                 by_type[exc] = by_type.get(exc, 0) + 1
             for key, counts in tally.items():
+                if counts[0] > self.slowest_us:
+                    self.slowest_us = counts[0]
                 # no slot above the slowest request's holds a count: scan up to it, not all NB
                 top = SLOT[counts[0]] if counts[0] < FAST else NB
                 slots, over = counts[1:top + 1], counts[-1] or {}
