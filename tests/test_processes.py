@@ -14,6 +14,8 @@ import pytest
 from harness.processes import spawn, stop_group
 from tests.conftest import ROOT, cli_in_background, wait_until
 
+pytestmark = pytest.mark.e2e  # starts real processes (drivers, children)
+
 
 def _lines(path) -> int:
     try:
@@ -33,7 +35,6 @@ def _alive(pids: list[int]) -> list[int]:
     return out
 
 
-@pytest.mark.e2e
 def test_a_harness_killed_with_sigkill_leaves_nothing_running(tmp_path, env):
     out = tmp_path / "run"
     smoke = str(ROOT / "scenarios" / "smoke.toml")

@@ -328,20 +328,28 @@ def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
         confidence=0.9)]
 
 
-def _executor_exhausted(ctx: Context) -> list[Finding]:
+def _first_full(resources: dict[str, list[inside.LimitPoint]], ctx: Context
+                ) -> tuple[int, str, list[inside.LimitPoint]] | None:
+    """(onset, its key, its points) of the resource that was first all in use with someone waiting."""
     found = []
-    for (pid, name), pts in inside.executors(ctx.rec).items():
+    for key, pts in resources.items():
         onset = sustained_onset(ctx.steady(inside.full_seconds(pts)), lambda v: v >= 1.0)
         if onset is not None:
-            found.append((onset, name, pts))
-    if not found:
+            found.append((onset, key, pts))
+    return min(found, key=lambda x: x[0]) if found else None
+
+
+def _executor_exhausted(ctx: Context) -> list[Finding]:
+    first = _first_full({f"{pid}/{name}": pts for (pid, name), pts in inside.executors(ctx.rec).items()}, ctx)
+    if first is None:
         return []
-    onset, name, pts = min(found, key=lambda x: x[0])
+    onset, key, pts = first
+    name = key.partition("/")[2]
     which = "the loop's default executor" if name == "asyncio" else f"the executor '{name}'"
     size = pts[-1].limit
     queued = max(p.waiting for p in pts if p.t >= onset)
     top = next((w for w in inside.waits(ctx.rec, (onset, float("inf"))) if w.kind == "executor" and w.site), None)
-    site = _wait_site(ctx, top.site) if top else None
+    site = _frame_site(ctx, top.site) if top and top.site else None
     return [_finding(
         ctx, "threadpool-exhausted", onset,
         rule=f"all {size} threads of {which} were busy with work queued from t={onset}s (up to {queued} queued)",
@@ -355,10 +363,6 @@ def _executor_exhausted(ctx: Context) -> list[Finding]:
         confidence=0.85)]
 
 
-def _wait_site(ctx: Context, where: str | None) -> CallSite | None:
-    return _frame_site(ctx, where) if where else None
-
-
 HTTP_WAIT_SHARE = 0.5  # waiting for a pooled connection is at least this share of the waiting in-flight time
 LOCK_WAITERS = 0.5  # requests waiting on a lock, on average, for it to be contended
 LOCK_KINDS = ("lock", "semaphore", "condition")
@@ -366,17 +370,15 @@ LOCK_KINDS = ("lock", "semaphore", "condition")
 
 def detect_http_pool_exhausted(ctx: Context) -> list[Finding]:
     pools = inside.http_pools(ctx.rec)
-    found = []
-    for (pid, pool_id), (site, pts) in pools.items():
-        onset = sustained_onset(ctx.steady(inside.full_seconds(pts)), lambda v: v >= 1.0)
-        if onset is not None:
-            found.append((onset, site, pts))
-    if not found:
+    first = _first_full({f"{pid}/{pool_id}": pts for (pid, pool_id), (_, pts) in pools.items()}, ctx)
+    if first is None:
         return []
-    onset, where, pts = min(found, key=lambda x: x[0])
+    onset, key, pts = first
+    pid, _, pool_id = key.partition("/")
+    where = pools[(int(pid), pool_id)][0]
     waits = inside.waits(ctx.rec, (onset, float("inf")))
     acquire = sum(w.share for w in waits if w.kind == "http-pool-acquire")
-    site = _wait_site(ctx, where)
+    site = _frame_site(ctx, where) if where else None
     limit, waiting = pts[-1].limit, max(p.waiting for p in pts if p.t >= onset)
     return [_finding(
         ctx, "http-client-pool-exhausted", onset,
@@ -403,7 +405,7 @@ def detect_lock_contention(ctx: Context) -> list[Finding]:
     if share < 0.5:
         return []  # requests wait on a lock, but mostly on something else
     top = locks[0]
-    site = _wait_site(ctx, top.site)
+    site = _frame_site(ctx, top.site) if top.site else None
     return [_finding(
         ctx, "lock-contention", onset,
         rule=f"from t={onset}s, {max(v for t, v in waiting.items() if t >= onset):.1f} requests at once waited on "

@@ -40,6 +40,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(0.3)
     elif path == "/http":
         await scope["client"].get("/")
+    elif path == "/aiohttp":
+        async with scope["client"].get("/") as response:
+            await response.read()
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b""})
 
@@ -112,3 +115,35 @@ def test_a_fast_request_is_not_walked(loop):
     agent.waits.walk(loop)  # nothing in flight
     assert agent.waits.read()["waits_ms"] == {} and not agent.waits.active
     assert isinstance(executors(), list)
+
+
+def test_an_aiohttp_connectors_limit_is_found_from_the_requests_waiting_on_it(loop):
+    import aiohttp  # in the test extra
+    agent = FakeAgent()
+    mw = AgentMiddleware(app, agent)
+    mw.ready = True
+
+    async def start() -> Any:
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        session = aiohttp.ClientSession(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+                                        connector=aiohttp.TCPConnector(limit=1))
+        scope = {"type": "http", "method": "GET", "path": "/aiohttp", "raw_path": b"/aiohttp", "headers": [],
+                 "client": session}
+        tasks = [asyncio.ensure_future(mw(dict(scope), lambda: None, lambda m: asyncio.sleep(0))) for _ in range(3)]
+        return server, session, tasks
+
+    server, session, tasks = asyncio.run_coroutine_threadsafe(start(), loop).result()
+    time.sleep(0.1)
+    agent.waits.walk(loop)
+    found = agent.waits.read()
+    asyncio.run_coroutine_threadsafe(asyncio.wait(tasks), loop).result()
+
+    async def close() -> None:
+        await session.close()
+        server.close()
+
+    asyncio.run_coroutine_threadsafe(close(), loop).result()
+    kinds = {key.partition("|")[0] for key in found["waits_ms"]}
+    assert {"http-pool-acquire", "http-response"} <= kinds, found
+    (pool,) = found["http_pools"]
+    assert pool["kind"] == "aiohttp" and pool["limit"] == 1 and pool["in_use"] == 1 and pool["waiting"] == 2

@@ -178,16 +178,15 @@ def test_plain_run_stages_are_windows():
     assert len(st) >= 1 and all(s.users == 20 for s in st) and st[0].achieved_rps > 0
 
 
-def test_only_loading_a_users_detector_is_a_usage_error(data_copy):
-    from harness.cli import write_reports
+def test_only_loading_a_users_detector_is_a_usage_error():
     from harness.errors import ConfigError
 
-    run = data_copy("diagnose_health")
+    rec = load("diagnose_health")
     with pytest.raises(ConfigError, match="--detector tests.apps.nowhere:detect: No module named"):
-        write_reports(run, ["tests.apps.nowhere:detect"])
+        diagnose(rec, ("tests.apps.nowhere:detect",))
     with pytest.raises(ConfigError, match="'NOT_A_FUNCTION' is not a function"):
-        write_reports(run, ["tests.apps.detectors:NOT_A_FUNCTION"])
+        diagnose(rec, ("tests.apps.detectors:NOT_A_FUNCTION",))
     # a bug inside analysis (here, inside the detector's own body) is a crash, not the user's mistake
     with pytest.raises(ImportError, match="a_module_that_is_not_installed"):
-        write_reports(run, ["tests.apps.detectors:buggy"])
-    assert write_reports(run, ["tests.apps.detectors:nothing"])["verdict"]["bottleneck"] == "none"
+        diagnose(rec, ("tests.apps.detectors:buggy",))
+    assert diagnose(rec, ("tests.apps.detectors:nothing",)).verdict.bottleneck == "none"

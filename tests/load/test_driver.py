@@ -20,6 +20,8 @@ from harness.load.jtl import _part_lines, join_parts
 from harness.load.manager import DriverFleet, shard_plans
 from harness.records import DriverDone, DriverRecord, DriverSecond
 
+pytestmark = pytest.mark.e2e  # starts real processes (drivers, children)
+
 BEHAVIOURS = ["ok", "missing", "boom", "hang", "reset", "garbage", "close"]
 EXPECTED = {"ok": 4, "4xx": 2, "5xx": 2, "timeout": 2, "connection-reset": 2, "other": 2}  # 14 requests, 2 of each
 
