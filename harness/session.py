@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -234,6 +233,6 @@ class Session:
         while waiting and time.monotonic() < deadline:
             for pid in list(waiting):
                 with contextlib.suppress(OSError):
-                    if '"type":"profile"' in Path(self.writer.path / f"agent-{pid}.jsonl").read_text():
+                    if '"type":"profile"' in (self.writer.path / f"agent-{pid}.jsonl").read_text():
                         waiting.discard(pid)
             time.sleep(0.2)
