@@ -139,8 +139,8 @@ class LocalServer(Target):
         self.stderr_path = self.run_dir / "server.stderr.log"
 
     @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    def address(self) -> tuple[str, int]:
+        return HOST, self.port
 
     @property
     def pid(self) -> int:
@@ -194,7 +194,7 @@ class LocalServer(Target):
                     )
                 try:
                     client.get(url)
-                    if sum(1 for _, role in self.processes() if role == "worker") >= app.workers:
+                    if len(self.worker_pids()) >= app.workers:
                         return
                 except httpx.HTTPError:
                     pass

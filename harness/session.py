@@ -146,8 +146,8 @@ class Session:
             self.live.add(r)
             records.append(r)
 
-        host, port = self.target.url.removeprefix("http://").rsplit(":", 1)
-        plans = shard_plans(scenario, host, int(port), self.t0, self.drivers, start_s,
+        host, port = self.target.address
+        plans = shard_plans(scenario, host, port, self.t0, self.drivers, start_s,
                             jtl_dir=self.writer.path if self.jtl else None)
         self.fleet = DriverFleet(plans, on_record, self.writer.path)
         planned = scenario.planned_duration_s
@@ -175,9 +175,8 @@ class Session:
         from harness.interop.ingest import append_results
 
         results = self.writer.path / "external.jtl"
-        url = self.target.url
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        cmd = (template.replace("{url}", url).replace("{host}", host).replace("{port}", port)
+        url, (host, port) = self.target.url, self.target.address
+        cmd = (template.replace("{url}", url).replace("{host}", host).replace("{port}", str(port))
                .replace("{jtl}", str(results)))
         self.writer.write_run(driver_cmd=cmd)
         say(f"driving with: {cmd}")
@@ -217,7 +216,7 @@ class Session:
         tmp.write_text(json.dumps({"id": self.profiles, "seconds": seconds}))
         tmp.replace(self.writer.path / AGENT_CONTROL)
         self.event("profile-requested", seconds=seconds, id=self.profiles)
-        workers = [pid for pid, role in self.target.processes() if role == "worker"]
+        workers = self.target.worker_pids()
         if workers:
             self.pyspy = PySpyWindow(workers, self.now(), seconds, self.writer.path, self.profiles)
             self.stack.callback(self.pyspy.stop)
@@ -229,7 +228,7 @@ class Session:
                 self.writer.append(profile)
             self.pyspy = None
         deadline = time.monotonic() + self.profile_seconds + 10
-        waiting = {pid for pid, role in self.target.processes() if role == "worker"}
+        waiting = set(self.target.worker_pids())
         while waiting and time.monotonic() < deadline:
             for pid in list(waiting):
                 with contextlib.suppress(OSError):

@@ -26,9 +26,14 @@ class Target:
     has_agent = False  # its workers run the in-process agent
 
     @property
-    def url(self) -> str:
-        """http://HOST:PORT the drivers connect to."""
+    def address(self) -> tuple[str, int]:
+        """(host, port) the drivers connect to."""
         raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
 
     def start(self) -> None:
         """Boot (or check) the target; return once it answers."""
@@ -47,6 +52,10 @@ class Target:
     def processes(self) -> list[tuple[int, str]]:
         """(pid, role) of each process to sample now; roles: master, worker."""
         return []
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve requests, now."""
+        return [pid for pid, role in self.processes() if role == "worker"]
 
     def describe(self) -> dict[str, Any]:
         """run.json's ``server`` entry."""
@@ -87,8 +96,8 @@ class ExternalTarget(Target):
         self.host, self.port = loopback_address(url, allow_remote)
 
     @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
 
     def start(self) -> None:
         try:

@@ -52,8 +52,8 @@ class FakeTarget(Target):
         self._thread: threading.Thread | None = None
 
     @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    def address(self) -> tuple[str, int]:
+        return HOST, self.port
 
     def next_slot(self) -> float:
         """Seconds until this request is answered, one at a time at ``capacity`` per second."""
