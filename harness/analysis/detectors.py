@@ -55,6 +55,11 @@ class Context:
     workers: int = 1
     calibration: tuple[tuple[float, float], ...] = ()  # diagnose mode's bursts: no onset may come from them
 
+    @property
+    def knee_end(self) -> float | None:
+        """When the stage past the knee ended (None without a knee)."""
+        return next((s.t_end for s in self.stages if self.knee and s.index == self.knee.stage), None)
+
     def steady(self, series: dict[int, float]) -> dict[int, float]:
         """``series`` without the seconds of calibration bursts."""
         return {t: v for t, v in series.items() if not any(lo <= t < hi for lo, hi in self.calibration)}
@@ -124,7 +129,7 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
 def detect_host_contended(ctx: Context) -> list[Finding]:
     tl = ctx.tl
     # what the host did after the knee (the profile hold, say) cannot have caused it
-    until = next((s.t_end + 1 for s in ctx.stages if ctx.knee and s.index == ctx.knee.stage), float("inf"))
+    until = ctx.knee_end + 1 if ctx.knee_end is not None else float("inf")
     starved = {t: v for t, v in tl.foreign_cpu.items()
                if t <= until and (tl.host_cpu.get(t, 0.0) >= HOST_BUSY or tl.runq.get(t, 0.0) >= RUNQ_STARVED)}
     onset = sustained_onset(starved, lambda v: v >= FOREIGN_CORES)

@@ -64,7 +64,7 @@ def is_app_path(path: str, app_dir: str = "") -> bool:
     """True for a file of the app's own code: under its directory (when known) and not an installed
     package or the standard library."""
     p = path.replace("\\", "/")
-    if any(mark in p for mark in _LIBRARY_MARKS) or p.startswith("<"):
+    if any(mark in p for mark in _LIBRARY_MARKS):
         return False
     return not app_dir or p.startswith(app_dir.rstrip("/") + "/")
 

@@ -63,7 +63,6 @@ class Timeline:
     worker_cpu_all: dict[int, list[float]] = field(default_factory=dict)
     driver_cpu: dict[int, float] = field(default_factory=dict)  # busiest driver
     host_cpu: dict[int, float] = field(default_factory=dict)  # mean over cores, 0..1
-    run_cpu: dict[int, float] = field(default_factory=dict)  # cores used by the run's own processes
     foreign_cpu: dict[int, float] = field(default_factory=dict)  # cores used on the host by everything else
     runq: dict[int, float] = field(default_factory=dict)  # busiest worker's runnable-but-waiting s/s
     lag_p99_ms: dict[int, float] = field(default_factory=dict)  # worst worker
@@ -139,16 +138,13 @@ def _timeline(rec: Recording) -> Timeline:
             tl.rss_mb[t] = tl.rss_mb.get(t, 0.0) + v
     host: dict[int, list[float]] = {}
     foreign: dict[int, list[float]] = {}
-    run: dict[int, list[float]] = {}
     for s in rec.samples:
         if window[0] <= s.t < window[1] and s.host_cpu:
             t = math.floor(s.t)
             host.setdefault(t, []).append(sum(s.host_cpu) / len(s.host_cpu))
-            ours = sum(p.cpu for p in s.procs)
-            run.setdefault(t, []).append(ours)
-            foreign.setdefault(t, []).append(max(0.0, sum(s.host_cpu) - ours))
+            # what the host did beyond the run's own processes (server, drivers, database, harness)
+            foreign.setdefault(t, []).append(max(0.0, sum(s.host_cpu) - sum(p.cpu for p in s.procs)))
     tl.host_cpu = {t: sum(v) / len(v) for t, v in host.items()}
-    tl.run_cpu = {t: sum(v) / len(v) for t, v in run.items()}
     tl.foreign_cpu = {t: sum(v) / len(v) for t, v in foreign.items()}
     for pts in proc_series(rec, "worker", "runq", window).values():
         for t, v in pts:

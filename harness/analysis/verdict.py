@@ -102,8 +102,7 @@ def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
     if invalid:
         f = invalid[0]
         return _verdict(f, [], knee_dict, f"The run is invalid: {INVALID_WHY[f.kind]} — {f.rule}.")
-    knee_end = next((s.t_end for s in ctx.stages if knee and s.index == knee.stage), None)
-    chosen = first_bottleneck(findings, knee, knee_end)
+    chosen = first_bottleneck(findings, knee, ctx.knee_end)
     if chosen is not None:
         return _verdict(chosen, [f for f in findings if f is not chosen], knee_dict, _sentence(chosen, ctx))
     if knee is not None:
