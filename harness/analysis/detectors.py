@@ -333,6 +333,11 @@ def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
         confidence=0.9)]
 
 
+def _wait_evidence(waits: list[inside.Wait]) -> tuple[str, ...]:
+    """The three places requests waited most, as evidence lines."""
+    return tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}" for w in waits[:3])
+
+
 def _first_full(resources: dict[str, list[inside.LimitPoint]], ctx: Context
                 ) -> tuple[int, str, list[inside.LimitPoint]] | None:
     """(onset, its key, its points) of the resource that was first all in use with someone waiting."""
@@ -353,13 +358,13 @@ def _executor_exhausted(ctx: Context) -> list[Finding]:
     which = "the loop's default executor" if name == "asyncio" else f"the executor '{name}'"
     size = pts[-1].limit
     queued = max(p.waiting for p in pts if p.t >= onset)
-    top = next((w for w in inside.waits(ctx.rec, (onset, float("inf"))) if w.kind == "executor" and w.site), None)
+    waits = inside.waits(ctx.rec, (onset, float("inf")))
+    top = next((w for w in waits if w.kind == "executor" and w.site), None)
     site = _frame_site(ctx, top.site) if top and top.site else None
     return [_finding(
         ctx, "threadpool-exhausted", onset,
         rule=f"all {size} threads of {which} were busy with work queued from t={onset}s (up to {queued} queued)",
-        evidence=tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}"
-                       for w in inside.waits(ctx.rec, (onset, float("inf")))[:3]),
+        evidence=_wait_evidence(waits),
         call_site=site,
         summary=f"blocking work queues for {which} ({size} threads)"
                 + (f", sent there by `{site.function}()` at {site}" if site else ""),
@@ -390,7 +395,7 @@ def detect_http_pool_exhausted(ctx: Context) -> list[Finding]:
         rule=f"all {limit} connections of an outbound HTTP client's pool were in use with requests waiting from "
              f"t={onset}s (up to {waiting} waiting); waiting for a connection was {acquire:.0%} of the in-flight "
              "time requests spent waiting",
-        evidence=tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}" for w in waits[:3]),
+        evidence=_wait_evidence(waits),
         call_site=site, share=round(acquire, 3),
         summary=f"outbound HTTP calls queue for the client's {limit} pooled connections"
                 + (f" (the call in `{site.function}()` at {site})" if site else ""),
@@ -415,7 +420,7 @@ def detect_lock_contention(ctx: Context) -> list[Finding]:
         ctx, "lock-contention", onset,
         rule=f"from t={onset}s, {max(v for t, v in waiting.items() if t >= onset):.1f} requests at once waited on "
              f"an asyncio {top.kind} (≥ {LOCK_WAITERS} on average), {share:.0%} of their waiting time",
-        evidence=tuple(f"{w.share:.0%} of waiting in-flight time in {w.kind} at {w.site}" for w in waits[:3]),
+        evidence=_wait_evidence(waits),
         call_site=site, share=round(share, 3),
         summary=f"requests queue on an asyncio {top.kind}" + (f" acquired in `{site.function}()` at {site}"
                                                               if site else ""),
