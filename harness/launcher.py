@@ -217,7 +217,7 @@ class LocalServer(Target):
         """SIGTERM to the tree's group, wait, then kill whatever is left of the tree and its group."""
         if not self.proc:
             return
-        stop_group(self.proc, grace_s, [pid for pid, _ in self.processes()])
+        stop_group(self.proc, grace_s)
 
 
 def _fd_limiter(limit: int) -> Callable[[], None]:

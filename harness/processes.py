@@ -39,13 +39,13 @@ def spawn(args: Sequence[str] | str, death_signal: int = signal.SIGTERM,
     return subprocess.Popen(args, start_new_session=True, preexec_fn=in_child, **popen)
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = 5.0, tree: Sequence[int] = ()) -> None:
-    """SIGTERM to ``proc``'s process group, wait ``grace_s``, then SIGKILL the group (and any of
-    the ``tree`` PIDs that left it) and reap ``proc``. Safe to call twice or on a process already gone."""
-    procs = []
-    for pid in tree:
+def stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM to ``proc``'s process group, wait ``grace_s``, then SIGKILL the group (and any of its
+    descendants that left it) and reap ``proc``. Safe to call twice or on a process already gone."""
+    procs: list[psutil.Process] = []
+    if proc.poll() is None:
         with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pid))
+            procs = psutil.Process(proc.pid).children(recursive=True)  # before TERM: they outlive the parent
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
