@@ -63,6 +63,10 @@ class Histogram:
     def count(self) -> int:
         return sum(self.counts.values())
 
+    def total_us(self) -> float:
+        """The sum of the recorded values (each at its bucket's value)."""
+        return sum(bucket_value(b) * c for b, c in self.counts.items())
+
     def percentile(self, q: float) -> float:
         """The q-quantile (0..1) in microseconds, nearest-rank; 0.0 when empty."""
         n = self.count

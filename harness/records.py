@@ -234,10 +234,11 @@ class ProcessSample:
     tcp: Mapping[str, int] | None = None  # TCP connections by state, once a second
     db_conns: int | None = None  # connections to the database's port, once a second
     runq: float | None = None  # seconds its threads waited runnable for a CPU, per second (/proc/PID/schedstat)
+    main_cpu: float | None = None  # cores used by its main thread (a worker's loop), once a second
 
     def to_json(self) -> Json:
         d: Json = {"pid": self.pid, "role": self.role, "cpu": self.cpu, "rss_mb": self.rss_mb, "fds": self.fds}
-        for key in ("fd_limit", "tcp", "db_conns", "runq"):
+        for key in ("fd_limit", "tcp", "db_conns", "runq", "main_cpu"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         return d
@@ -246,7 +247,7 @@ class ProcessSample:
     def from_json(cls, d: Mapping[str, Any], retired: frozenset[str] = frozenset()) -> ProcessSample:
         _check("process sample", d, _keys(*cls.__dataclass_fields__), retired)
         return cls(int(d["pid"]), d["role"], float(d["cpu"]), float(d["rss_mb"]), int(d["fds"]),
-                   d.get("fd_limit"), d.get("tcp"), d.get("db_conns"), d.get("runq"))
+                   d.get("fd_limit"), d.get("tcp"), d.get("db_conns"), d.get("runq"), d.get("main_cpu"))
 
 
 @dataclass(frozen=True)
@@ -326,15 +327,17 @@ class DbSample:
     states: Mapping[str, int]
     total: int
     max_connections: int
+    waits: Mapping[str, int] = field(default_factory=dict)  # active connections by wait_event_type ("CPU": none)
 
     def to_json(self) -> Json:
         return {"t": self.t, "kind": self.kind, "states": dict(self.states), "total": self.total,
-                "max_connections": self.max_connections}
+                "max_connections": self.max_connections, "waits": dict(self.waits)}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> DbSample:
         _check("db sample", d, _keys(*cls.__dataclass_fields__))
-        return cls(float(d["t"]), d["kind"], d["states"], int(d["total"]), int(d["max_connections"]))
+        return cls(float(d["t"]), d["kind"], d["states"], int(d["total"]), int(d["max_connections"]),
+                   d.get("waits", {}))
 
 
 @dataclass(frozen=True)
@@ -390,6 +393,9 @@ class PoolTick:
     overflow: int | None = None
     max_overflow: int | None = None
     timeout_s: float | None = None  # how long a checkout waits before it raises
+    waiting: int | None = None  # checkouts waiting for a connection now
+    # holder (route, else the app line that checked out) → (returns, ms held, ms its statements ran)
+    holds: Mapping[str, tuple[int, float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -413,6 +419,27 @@ class ExecutorTick:
     threads: int
     busy: int
     queued: int
+
+
+@dataclass(frozen=True)
+class StatementTick:
+    """One normalized statement sent from one app line, over one tick."""
+
+    sql: str
+    site: str  # "file:line function" of the app's frame that sent it ("" when none was found)
+    n: int
+    ms: float
+    hist: Histogram
+    routes: Mapping[str, tuple[int, float]]  # route → (calls, ms)
+
+
+@dataclass(frozen=True)
+class FullCollection:
+    """A generation-2 garbage collection."""
+
+    t: float  # epoch seconds it started
+    ms: float
+    collected: int
 
 
 @dataclass(frozen=True)
@@ -456,6 +483,9 @@ class AgentTick:
     waits_ms: Mapping[str, float] = field(default_factory=dict)  # "kind|file:line function" → in-flight ms
     http_pools: tuple[HttpPoolTick, ...] = ()
     executors: tuple[ExecutorTick, ...] = ()
+    statements: tuple[StatementTick, ...] = ()
+    gc_full: tuple[FullCollection, ...] = ()
+    memory: Mapping[str, int] | None = None  # once a second: pymalloc "blocks", glibc "malloc" bytes in use
 
 
 @dataclass(frozen=True)
@@ -497,16 +527,24 @@ def _hello(d: Mapping[str, Any], fmt: int) -> AgentHello:
 
 def _pool(d: Mapping[str, Any]) -> PoolTick:
     _check("agent pool", d, _keys(*PoolTick.__dataclass_fields__))
-    gauges = {k: int(d[k]) for k in ("size", "checked_out", "overflow", "max_overflow") if k in d}
+    gauges = {k: int(d[k]) for k in ("size", "checked_out", "overflow", "max_overflow", "waiting") if k in d}
     return PoolTick(id=str(d["id"]), acquire=_hist(d.get("acquire")), hold_ms=float(d.get("hold_ms", 0.0)),
                     returns=int(d.get("returns", 0)), timeouts=int(d.get("timeouts", 0)),
-                    timeout_s=float(d["timeout_s"]) if d.get("timeout_s") is not None else None, **gauges)
+                    timeout_s=float(d["timeout_s"]) if d.get("timeout_s") is not None else None,
+                    holds={r: (int(n), float(ms), float(ran)) for r, (n, ms, ran) in d.get("holds", {}).items()},
+                    **gauges)
+
+
+def _statement(d: Mapping[str, Any]) -> StatementTick:
+    _check("agent statement", d, _keys(*StatementTick.__dataclass_fields__))
+    return StatementTick(str(d["sql"]), str(d.get("site", "")), int(d["n"]), float(d["ms"]), _hist(d.get("hist")),
+                         {r: (int(n), float(ms)) for r, (n, ms) in d.get("routes", {}).items()})
 
 
 def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
     _check("agent tick", d, _keys("t", "seq", "lag_ms", "threadpool", "pools", "gc", "hot_ms", "hot_frames_ms",
                                    "pool_ms", "pool_frames_ms", "inflight", "routes", "exceptions", "waits_ms",
-                                   "http_pools", "executors"))
+                                   "http_pools", "executors", "statements", "memory"))
     tp, gc = d.get("threadpool"), d.get("gc") or {}
     routes = {k: RouteTick(int(r["n"]), int(r["errors"]), _hist(r.get("hist"))) for k, r in d.get("routes", {}).items()}
     return AgentTick(
@@ -517,6 +555,7 @@ def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
         pools=tuple(_pool(p) for p in d.get("pools", ())),
         gc_pause_ms=float(gc.get("pause_ms", 0.0)),
         gc_collections=tuple(gc.get("collections", ())),
+        gc_full=tuple(FullCollection(float(t), float(ms), int(n)) for t, ms, n in gc.get("full", ())),
         hot_ms=d.get("hot_ms", {}),
         hot_frames_ms=d.get("hot_frames_ms", {}),
         pool_ms=d.get("pool_ms", {}),
@@ -527,6 +566,8 @@ def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
         waits_ms=d.get("waits_ms", {}),
         http_pools=tuple(HttpPoolTick(**p) for p in d.get("http_pools", ())),
         executors=tuple(ExecutorTick(**e) for e in d.get("executors", ())),
+        statements=tuple(_statement(s) for s in d.get("statements", ())),
+        memory=d.get("memory"),
     )
 
 
@@ -564,14 +605,20 @@ def agent_record_to_json(r: AgentRecord) -> Json:
     if isinstance(r, AgentTick):
         d: Json = {"type": "tick", "t": r.t, "seq": r.seq, "lag_ms": list(r.lag_ms),
                    "threadpool": vars(r.threadpool) if r.threadpool else None,
-                   "pools": [{**{k: v for k, v in vars(p).items() if v is not None}, "acquire": p.acquire.to_json()}
-                             for p in r.pools],
-                   "gc": {"pause_ms": r.gc_pause_ms, "collections": list(r.gc_collections)},
+                   "pools": [{**{k: v for k, v in vars(p).items() if v is not None}, "acquire": p.acquire.to_json(),
+                              "holds": {k: list(v) for k, v in p.holds.items()}} for p in r.pools],
+                   "gc": {"pause_ms": r.gc_pause_ms, "collections": list(r.gc_collections),
+                          "full": [[c.t, c.ms, c.collected] for c in r.gc_full]},
                    "hot_ms": r.hot_ms, "hot_frames_ms": r.hot_frames_ms, "pool_ms": r.pool_ms,
                    "pool_frames_ms": r.pool_frames_ms, "inflight": r.inflight,
                    "routes": {k: {"n": v.n, "errors": v.errors, "hist": v.hist.to_json()} for k, v in r.routes.items()},
                    "exceptions": r.exceptions, "waits_ms": r.waits_ms, "http_pools": [vars(p) for p in r.http_pools],
-                   "executors": [vars(e) for e in r.executors]}
+                   "executors": [vars(e) for e in r.executors],
+                   "statements": [{**vars(s), "hist": s.hist.to_json(), "routes": {k: list(v) for k, v in
+                                                                                   s.routes.items()}}
+                                  for s in r.statements]}
+        if r.memory is not None:
+            d["memory"] = dict(r.memory)
         return d
     if isinstance(r, AgentStall):
         return {"type": "stall", "t_start": r.t_start, "duration_ms": r.duration_ms, "class": r.kind,

@@ -7,8 +7,10 @@ endpoint has a scenario in ``scenarios/`` that drives it into its bottleneck.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
+import random
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +18,20 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.responses import StreamingResponse
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from sample_app.db import create_schema, make_engine
+from sample_app.db import create_schema, make_engine, make_sync_engine
 from sample_app.upstream import start_upstream
 
 engine = make_engine()
+sync_engine = make_sync_engine()
+# /gc: a large graph of long-lived objects (SAMPLE_APP_GC_OBJECTS lists, built at start-up) and
+# per-request garbage that lives long enough to be promoted: full collections walk the whole graph
+GC_GRAPH: list = []
+GC_RECENT: collections.deque = collections.deque(maxlen=40)
 # /upstream: one shared client with a small pool, to a slow upstream this worker starts on loopback
 UPSTREAM_POOL = int(os.environ.get("SAMPLE_APP_UPSTREAM_POOL", "2"))
 upstream: dict = {}
@@ -48,6 +57,7 @@ async def lifespan(app: FastAPI):
     log.setLevel(logging.INFO)
     log.propagate = False
     await create_schema(engine)
+    GC_GRAPH.extend([i] for i in range(int(os.environ.get("SAMPLE_APP_GC_OBJECTS", "0"))))
     server, url = await start_upstream(delay_s=0.05)
     upstream["client"] = httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=UPSTREAM_POOL))
     yield
@@ -56,6 +66,7 @@ async def lifespan(app: FastAPI):
     log.removeHandler(handler)
     handler.close()
     await engine.dispose()
+    sync_engine.dispose()
 
 
 app = FastAPI(title="fastapi-harness sample app", lifespan=lifespan)
@@ -147,3 +158,53 @@ async def in_executor() -> dict[str, str]:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(EXECUTOR, time.sleep, 0.05)  # blocking work on a 2-thread executor
     return {"status": "ok"}
+
+
+@app.get("/db/slow")
+async def db_slow() -> dict[str, int]:
+    payload = f"user-{random.randrange(9973)}-session-0"
+    async with engine.connect() as conn:  # `payload` has no index: every call reads the whole events table
+        rows = (await conn.execute(text("SELECT id, kind FROM events WHERE payload = :p"), {"p": payload})).all()
+    return {"rows": len(rows)}
+
+
+@app.get("/db/n-plus-one")
+async def db_n_plus_one() -> dict[str, int]:
+    async with engine.connect() as conn:
+        ids = (await conn.execute(text("SELECT id FROM items ORDER BY id LIMIT 25"))).scalars().all()
+        names = []
+        for item_id in ids:  # one query per item: 26 round trips where one join would do
+            names.append((await conn.execute(text("SELECT name FROM items WHERE id = :id"), {"id": item_id})).scalar())
+    return {"items": len(names)}
+
+
+@app.get("/db/stream")
+async def db_stream() -> StreamingResponse:
+    async def rows():
+        async with engine.connect() as conn:  # checked out for the whole response, not just the query
+            result = await conn.stream(text("SELECT id, name FROM items ORDER BY id LIMIT 20"))
+            async for row in result:
+                yield f"{row.id},{row.name}\n"
+                await asyncio.sleep(0.005)  # a slow consumer: the connection idles meanwhile
+
+    return StreamingResponse(rows(), media_type="text/csv")
+
+
+def get_session():
+    with Session(sync_engine) as session:
+        session.execute(text("SELECT id FROM items WHERE id = 1"))  # e.g. the current user: a connection is held
+        yield session
+
+
+@app.get("/sync/db")
+def sync_db(session: Session = Depends(get_session)) -> dict[str, int]:
+    # a `def` endpoint after a `def` dependency: each needs one of anyio's 40 threads, and the
+    # dependency keeps its connection until the endpoint has run
+    rows = session.execute(text("SELECT id, name FROM items ORDER BY id LIMIT 10")).all()
+    return {"rows": len(rows)}
+
+
+@app.get("/gc")
+async def gc_churn() -> dict[str, int]:
+    GC_RECENT.append([[i] for i in range(2000)])  # survives a few young collections, then dies old
+    return {"graph": len(GC_GRAPH)}

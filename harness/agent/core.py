@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import cputimer, probes, stacks, waits
+from . import cputimer, probes, stacks, statements, waits
 
 try:
     from _signal import getsignal as _getsignal  # signal.getsignal wraps this in enums, on every heartbeat
@@ -34,6 +34,7 @@ except ImportError:  # not CPython
 BEAT_S = 0.010
 TICK_S = 0.100
 POOL_SAMPLE_S = 0.050
+MEMORY_EVERY = 10  # ticks between two readings of the allocators
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -63,6 +64,7 @@ class Agent:
         self.threadpool = probes.ThreadpoolProbe()
         self.pools = probes.PoolProbe()
         self.gc = probes.GcProbe()
+        self.statements = statements.StatementProbe()
         self.profiler: Any = None
         self.stopped = threading.Event()
         self.seq = 0
@@ -83,6 +85,7 @@ class Agent:
         self.loop = loop
         self.loop_tid = threading.get_ident()
         self.pools.install()
+        self.statements.install()
         self.gc.install()
         now = time.perf_counter()
         self.expected = now + BEAT_S
@@ -271,8 +274,11 @@ class Agent:
             "threadpool": self.threadpool.read(),
             "pools": self.pools.read(),
             "gc": self.gc.read(),
+            "statements": self.statements.read(),
             **self._classify_hot(),
         }
+        if self.seq % MEMORY_EVERY == 1:
+            rec["memory"] = probes.memory()
         if self.routes is not None:
             rec.update(self.routes.drain(final))
         if self.waits is not None:

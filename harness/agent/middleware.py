@@ -39,6 +39,7 @@ class AgentMiddleware:
         self.agent = agent
         agent.routes = self
         agent.waits = WaitProbe(type(self).__call__.__code__)
+        agent.statements.routes = agent.pools.routes = self
         self.ready = False
         self.inflight = 0
         self.tally: Dict[Any, Any] = {}

@@ -5,6 +5,7 @@ Each is feature-detected; a probe whose library is missing reads as None / empty
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import sys
 import threading
@@ -12,7 +13,7 @@ import time
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import hist
+from . import hist, statements
 
 VERSIONED = ("fastapi", "starlette", "pydantic", "anyio", "sqlalchemy", "uvicorn", "gunicorn", "uvloop")
 
@@ -61,7 +62,10 @@ class ThreadpoolProbe:
 
 
 class PoolProbe:
-    """Every SQLAlchemy QueuePool in the process: size, overflow, checked out, acquire and hold times."""
+    """Every SQLAlchemy QueuePool in the process: size, overflow, checked out, waiting, acquire and
+    hold times (a wait that ends in the pool's timeout counts as a wait too), and per holder (the
+    request's route, else the app's line that checked the connection out; ``statements.origin``)
+    how long connections were held and how much of that their statements ran."""
 
     def __init__(self) -> None:
         # id(pool) → (weak reference to it, its stats); not a WeakKeyDictionary, whose lookups
@@ -69,7 +73,8 @@ class PoolProbe:
         self.pools: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
         self.installed = False
         self.lock = threading.Lock()
-        self.checked_out_at: Dict[int, float] = {}
+        self.checked_out_at: Dict[int, Tuple[float, str]] = {}
+        self.routes: Any = None  # the agent middleware, set by it
 
     def install(self) -> None:
         """Wrap QueuePool's get/return once SQLAlchemy is imported (checked again on every read)."""
@@ -85,25 +90,34 @@ class PoolProbe:
         original_get, original_return = QueuePool._do_get, QueuePool._do_return_conn
 
         def _do_get(pool: Any) -> Any:
+            stats = probe._stats(pool)
             t = time.perf_counter()
+            stats["waiting"] += 1
             try:
                 record = original_get(pool)
             except exc.TimeoutError:
-                probe._stats(pool)["timeouts"] += 1
+                stats["timeouts"] += 1
                 raise
-            now = time.perf_counter()
-            stats = probe._stats(pool)
-            wait_us = int((now - t) * 1e6)
-            stats["acquire"].record(wait_us)
-            probe.checked_out_at[id(record)] = now
+            finally:
+                stats["waiting"] -= 1
+                stats["acquire"].record(int((time.perf_counter() - t) * 1e6))
+            site, route = statements.origin(sys._getframe(1), probe.routes)
+            record.info.pop(statements.RAN, None)
+            probe.checked_out_at[id(record)] = (time.perf_counter(), route or site or "")
             return record
 
         def _do_return_conn(pool: Any, record: Any) -> Any:
-            t = probe.checked_out_at.pop(id(record), None)
-            if t is not None:
+            taken = probe.checked_out_at.pop(id(record), None)
+            if taken is not None:
                 stats = probe._stats(pool)
-                stats["hold_ms"] += (time.perf_counter() - t) * 1000
+                ms = (time.perf_counter() - taken[0]) * 1000
+                stats["hold_ms"] += ms
                 stats["returns"] += 1
+                if taken[1]:
+                    held = stats["holds"].setdefault(taken[1], [0, 0.0, 0.0])
+                    held[0] += 1
+                    held[1] += ms
+                    held[2] += record.info.pop(statements.RAN, 0.0) * 1000
             return original_return(pool, record)
 
         QueuePool._do_get = _do_get
@@ -117,7 +131,7 @@ class PoolProbe:
                 if entry is None or entry[0]() is not pool:
                     entry = self.pools[id(pool)] = (weakref.ref(pool), {
                         "id": f"{type(pool).__name__}@{id(pool):x}", "acquire": hist.Histogram(),
-                        "hold_ms": 0.0, "returns": 0, "timeouts": 0,
+                        "hold_ms": 0.0, "returns": 0, "timeouts": 0, "waiting": 0, "holds": {},
                     })
         return entry[1]
 
@@ -137,24 +151,30 @@ class PoolProbe:
                 acquired = acquire.to_json()
             else:  # not acquire.to_json(): a checkout landing after the test would be sent now and again next tick
                 acquired = {"b": [], "max": 0}
-            hold, returns, timeouts = stats["hold_ms"], stats["returns"], stats["timeouts"]
-            stats["hold_ms"], stats["returns"], stats["timeouts"] = 0.0, 0, 0
+            hold, returns, timeouts, holds = stats["hold_ms"], stats["returns"], stats["timeouts"], stats["holds"]
+            stats["hold_ms"], stats["returns"], stats["timeouts"], stats["holds"] = 0.0, 0, 0, {}
             try:
                 gauges = {"size": pool.size(), "checked_out": pool.checkedout(), "overflow": pool.overflow(),
-                          "max_overflow": getattr(pool, "_max_overflow", 0), "timeout_s": pool.timeout()}
+                          "max_overflow": getattr(pool, "_max_overflow", 0), "timeout_s": pool.timeout(),
+                          "waiting": stats["waiting"]}
             except Exception:
                 gauges = {}
             out.append({"id": stats["id"], **gauges, "acquire": acquired, "hold_ms": round(hold, 3),
-                        "returns": returns, "timeouts": timeouts})
+                        "returns": returns, "timeouts": timeouts,
+                        "holds": {who: [n, round(ms, 3), round(ran, 3)] for who, (n, ms, ran) in holds.items()}})
         return out
 
 
 class GcProbe:
-    """Pause time and collections per generation, from gc.callbacks."""
+    """Pause time and collections per generation, from gc.callbacks, and each full (generation 2)
+    collection: when it started, how long it took, what it freed."""
+
+    MAX_FULL = 100  # full collections kept per tick
 
     def __init__(self) -> None:
         self.pause_s = 0.0
         self.collections = [0, 0, 0]
+        self.full: List[List[float]] = []  # [epoch start, ms, objects collected]
         self._start = 0.0
 
     def install(self) -> None:
@@ -166,10 +186,44 @@ class GcProbe:
         if phase == "start":
             self._start = time.perf_counter()
         else:
-            self.pause_s += time.perf_counter() - self._start
-            self.collections[info["generation"]] += 1
+            took = time.perf_counter() - self._start
+            self.pause_s += took
+            generation = info["generation"]
+            self.collections[generation] += 1
+            if generation == 2 and len(self.full) < self.MAX_FULL:
+                self.full.append([time.time() - took, round(took * 1000, 3), info.get("collected", 0)])
 
     def read(self) -> Dict[str, Any]:
         pause, self.pause_s = self.pause_s, 0.0
         cols, self.collections = self.collections, [0, 0, 0]
-        return {"pause_ms": round(pause * 1000, 3), "collections": cols}
+        full, self.full = self.full, []
+        return {"pause_ms": round(pause * 1000, 3), "collections": cols, "full": full}
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2() -> Any:
+    try:
+        fn = ctypes.CDLL(None).mallinfo2  # glibc 2.33 and later
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def memory() -> Dict[str, int]:
+    """What the process has allocated and still holds: the interpreter's small-object blocks
+    (pymalloc, objects up to 512 bytes) and, with glibc, the bytes malloc has handed out and not
+    got back (larger objects, buffers, C extensions). RSS beyond these is memory the allocator
+    keeps (fragmentation) or that was mapped outside malloc."""
+    out = {"blocks": sys.getallocatedblocks()}
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        out["malloc"] = info.uordblks + info.hblkhd
+    return out

@@ -21,9 +21,9 @@ from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
 
-CAUSAL_ORDER = ("load-generator-saturated", "host-contended", "event-loop-blocked", "cpu-saturated",
-                "threadpool-exhausted", "db-pool-exhausted", "http-client-pool-exhausted", "lock-contention",
-                "fd-exhausted", "memory-growth", "server-errors")
+CAUSAL_ORDER = ("load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked", "cpu-saturated",
+                "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted", "http-client-pool-exhausted",
+                "lock-contention", "fd-exhausted", "memory-growth", "server-errors")
 
 DRIVER_BUSY = 0.90  # cores, per driver process (each is one thread)
 LATE_SHARE = 0.05  # of sends more than 10 ms behind schedule
@@ -41,6 +41,16 @@ POOL_WAIT_MS = 10.0  # acquire-time p99 that means requests queue for connection
 ERROR_RATE = 0.01
 MEMORY_SLOPE_MB_S = 0.5
 MEMORY_MIN_SECONDS = 8
+HEAP_SHARE = 0.5  # of the RSS growth that live allocations account for, for the growth to be the heap's
+BLOCK_BYTES = 64  # a pymalloc block's size on average (they hold objects of up to 512 bytes)
+N_PLUS_ONE_REPEATS = 5  # one statement this many times per request (Sentry's N+1 detector: more than 5) ...
+N_PLUS_ONE_MS = 50.0  # ... taking this long per request altogether
+SLOW_GROWTH = 1.5  # a statement's mean time past the onset over its time at the lowest load
+HELD_MIN_MS = 5.0  # a connection held at least this long at a time ...
+HELD_RATIO = 3.0  # ... and this many times longer than its statements ran is held across something else ...
+SLOW_SHARE = 1 / HELD_RATIO  # ... else its connections are busy running statements (the rest is the driver's
+# hand-offs and the reset on return); of server-side time when no pool is seen
+GC_SHARE = 0.5  # of the stalled time that full collections overlap
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,40 @@ def _server_idle(ctx: Context) -> str:
 # ---------------------------------------------------------------------------- the app
 
 
+def detect_gc_pauses(ctx: Context) -> list[Finding]:
+    """The loop is late, and full (generation-2) garbage collections cover most of its stalled time."""
+    collections = inside.full_collections(ctx.rec)
+    if not collections:
+        return []
+    lagging = {t: v for t, v in ctx.tl.lag_p99_ms.items() if not host_full_by_run(ctx, t)}
+    onset = sustained_onset(ctx.steady(lagging), lambda v: v >= LOOP_BLOCKED_MS)
+    if onset is None:
+        return []
+    stalls = [st for st in inside.stalls(ctx.rec) if st.t >= onset - 1]
+    stalled = sum(st.duration_ms for st in stalls)
+    covered = sum(
+        max(0.0, min(st.t + st.duration_ms / 1000, c.t + c.ms / 1000) - max(st.t, c.t)) * 1000
+        for st in stalls for c in collections if c.pid == st.pid
+    )
+    if not stalled or covered < GC_SHARE * stalled:
+        return []
+    past = [c for c in collections if c.t >= onset - 1]
+    longest = max(c.ms for c in past) if past else 0.0
+    per_s = len(past) / max(1.0, max(ctx.tl.lag_p99_ms) - onset + 1)
+    return [_finding(
+        ctx, "gc-pauses", onset,
+        rule=f"loop lag p99 ≥ {LOOP_BLOCKED_MS:.0f} ms from t={onset}s, and full garbage collections covered "
+             f"{covered / stalled:.0%} of the stalled time ({covered:.0f} of {stalled:.0f} ms)",
+        evidence=(f"{len(past)} full (generation-2) collections, {per_s:.1f} a second, longest {longest:.0f} ms, "
+                  f"{sum(c.ms for c in past):.0f} ms in all",),
+        share=round(covered / stalled, 3),
+        summary=f"full garbage collections stall the event loop (up to {longest:.0f} ms each)",
+        recommendation="call `gc.freeze()` once the app has started (start-up objects leave the collector's "
+                       "view), raise the thresholds (`gc.set_threshold(...)`) so full collections run less often, "
+                       "and keep fewer long-lived container objects (caches of dicts and lists) in the process",
+        confidence=0.85)]
+
+
 def detect_event_loop_blocked(ctx: Context) -> list[Finding]:
     tl = ctx.tl
     # a loop late while the run's own processes fill the host is starved of CPU, not blocked
@@ -233,7 +277,38 @@ HOTSPOT_ADVICE = {
     "app-code": "the app's own code dominates: optimise the function named below, or move CPU-heavy work to a "
                 "process pool (`loop.run_in_executor(ProcessPoolExecutor())`)",
     "framework": "per-request framework work dominates: the app does little, the server stack is the cost",
+    "db-round-trips": "the same statement is sent once per row (N+1): load the rows in one query — a JOIN, "
+                      "SQLAlchemy's `selectinload()`/`joinedload()`, or `WHERE id IN (...)` — instead of one per row",
 }
+
+
+@dataclass(frozen=True)
+class RoundTrips:
+    """A statement repeated within requests of one route (an N+1)."""
+
+    statement: inside.Statement
+    route: str
+    per_request: float
+    ms_per_request: float
+
+    def line(self) -> str:
+        return (f"`{self.statement.sql}` sent {self.per_request:.1f} times per `{self.route}` request "
+                f"({self.ms_per_request:.0f} ms per request) from {self.statement.site or 'an unknown line'}")
+
+
+def _round_trips(ctx: Context, window: tuple[float, float]) -> RoundTrips | None:
+    """The statement sent most often per request of a route in ``window``, when it is an N+1: at
+    least N_PLUS_ONE_REPEATS times and N_PLUS_ONE_MS per request."""
+    served = inside.route_requests(ctx.rec, window)
+    best = None
+    for st in inside.statements(ctx.rec, window):
+        for route, (n, ms) in st.routes.items():
+            if served.get(route):
+                trips = RoundTrips(st, route, n / served[route], ms / served[route])
+                if (trips.per_request >= N_PLUS_ONE_REPEATS and trips.ms_per_request >= N_PLUS_ONE_MS
+                        and (best is None or trips.ms_per_request > best.ms_per_request)):
+                    best = trips
+    return best
 
 
 def detect_cpu_saturated(ctx: Context) -> list[Finding]:
@@ -253,6 +328,11 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     frame = next(((c, w, ms) for c, w, ms in top if c == hotspot), None)
     # a call site is the app's own frame; a library's hottest frame is context, in the evidence
     site = _frame_site(ctx, frame[1]) if frame else None
+    if hotspot == "db" and _threads_outweigh_loop(ctx, start) and _slow_statement(ctx) is not None:
+        return []  # the CPU is the database's own (SQLite, in the worker's threads): db-slow-queries says so
+    trips = _round_trips(ctx, (start, float("inf")))
+    if trips is not None:  # one statement per row: the round trips are the cost, wherever the CPU shows
+        hotspot, site = "db-round-trips", _frame_site(ctx, trips.statement.site) or site
     if ctx.workers < ctx.cores:
         scale = (f"this host has {ctx.cores} cores and the app runs {ctx.workers} worker(s): run more workers "
                  f"(e.g. --workers {ctx.cores})")
@@ -268,18 +348,28 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
             "cpu-saturated",
             start,
             rule=_cpu_rule(ctx, start, onset, host_onset, plateau),
-            evidence=(source,)
+            evidence=((trips.line(),) if trips else ()) + (source,)
             + tuple(f"{k}: {v:.0%} of the busy CPU" for k, v in list(shares.items())[:4])
             + ((f"top frame: {frame[1]} ({frame[2]:.0f} ms)",) if frame else ()),
             hotspot=hotspot,
             call_site=site,
             share=shares.get(hotspot or "") if hotspot else None,
             summary=f"worker CPU is saturated{f', mostly {hotspot}' if hotspot else ''}"
+            + (f": `{trips.statement.sql}` sent {trips.per_request:.0f} times per request" if trips else "")
             + (f" in `{site.function}()` at {site}" if site else ""),
             recommendation="; ".join(x for x in (advice, scale) if x),
             confidence=0.85 if hotspot else 0.7,
         )
     ]
+
+
+def _threads_outweigh_loop(ctx: Context, start: float) -> bool:
+    """The busiest worker's threads other than its loop used more CPU than the loop from ``start``."""
+    loop = {t: v for t, v in ctx.tl.loop_cpu.items() if t >= start}
+    if not loop:
+        return False
+    whole = _mean_over({t: v for t, v in ctx.tl.worker_cpu.items() if t in loop}, start)
+    return whole - _mean_over(loop, start) > _mean_over(loop, start)
 
 
 def _cpu_rule(ctx: Context, start: float, onset: int | None, host_onset: int | None,
@@ -320,6 +410,9 @@ def detect_threadpool_exhausted(ctx: Context) -> list[Finding]:
         return _executor_exhausted(ctx)
     _, top = inside.hotspots(ctx.rec, (onset, float("inf")), source="pool")
     site = _frame_site(ctx, top[0][1]) if top else None
+    deadlock = _deadlock(ctx)
+    if deadlock is not None:
+        return [deadlock.finding(ctx, "threadpool-exhausted", min(onset, deadlock.onset), site)]
     return [_finding(
         ctx, "threadpool-exhausted", onset,
         rule=f"all {total} of anyio's worker-thread tokens were borrowed with tasks waiting from t={onset}s "
@@ -429,6 +522,177 @@ def detect_lock_contention(ctx: Context) -> list[Finding]:
         confidence=0.85)]
 
 
+@dataclass(frozen=True)
+class Deadlock:
+    """Request threads waiting for pooled connections whose holders wait for a thread."""
+
+    onset: int
+    tokens: int
+    size: int
+    overflow: int
+    waiting: int  # threads waiting in the pool's checkout, at most
+
+    def finding(self, ctx: Context, kind: str, onset: float, site: CallSite | None) -> Finding:
+        cap = self.size + self.overflow
+        return _finding(
+            ctx, kind, onset,
+            rule=f"from t={self.onset}s all {self.tokens} worker-thread tokens were borrowed, the pool's {cap} "
+                 f"connections were all checked out with up to {self.waiting} threads waiting in its checkout, and "
+                 "no connection came back: tokens "
+                 f"{self.tokens} > pool {self.size} + overflow {self.overflow}",
+            call_site=site,
+            summary=f"a deadlock between the request threads and the pool: the {self.tokens} threads wait for one of "
+                    f"{cap} connections whose holders wait for a thread"
+                    + (f" (the threads sit in `{site.function}()` at {site})" if site else ""),
+            recommendation="make the endpoint and its dependencies `async def` with an async driver, or give the pool "
+                           f"at least as many connections as there are threads (pool_size + max_overflow ≥ "
+                           f"{self.tokens}, within the database's max_connections); more thread tokens only move "
+                           "the cliff",
+            confidence=0.9)
+
+
+def _deadlock(ctx: Context) -> Deadlock | None:
+    """Seconds in which a worker's thread tokens were all borrowed with tasks waiting while one of its
+    pools was all checked out, had waiters, and got no connection back, sustained."""
+    tokens = {pid: pts for pid, pts in inside.threadpool(ctx.rec).items()}
+    stuck: dict[int, float] = {}
+    seen = None
+    for (pid, _), pts in inside.pools(ctx.rec).items():
+        full_threads = {int(t // 1) for t, total, borrowed, waiting in tokens.get(pid, ())
+                        if borrowed >= total and waiting > 0}
+        by_sec: dict[int, list[inside.PoolPoint]] = {}
+        for p in pts:
+            by_sec.setdefault(int(p.t // 1), []).append(p)
+        for sec, ps in by_sec.items():
+            hit = (sec in full_threads and all(p.checked_out >= p.capacity > 0 and p.waiting for p in ps)
+                   and not sum(p.returns for p in ps))
+            stuck[sec] = max(stuck.get(sec, 0.0), 1.0 if hit else 0.0)
+            if hit:
+                total = max(t for _, t, _, _ in tokens[pid])
+                seen = (total, ps[-1].size, ps[-1].max_overflow, max(p.waiting for p in ps), seen)
+    onset = sustained_onset(ctx.steady(stuck), lambda v: v >= 1.0)
+    if onset is None or seen is None:
+        return None
+    waiting = max(p.waiting for pts in inside.pools(ctx.rec).values() for p in pts)
+    return Deadlock(onset, seen[0], seen[1], seen[2], waiting)
+
+
+@dataclass(frozen=True)
+class SlowStatement:
+    onset: int
+    statement: inside.Statement  # over the window from the onset
+    base_ms: float  # its mean time at the lowest load
+    share: float  # of the connections' hold time (or server-side time) spent in statements, past the onset
+    evidence: str  # what the database itself showed
+
+
+def _slow_statement(ctx: Context) -> SlowStatement | None:
+    """The statement with the most time, when its mean time grew SLOW_GROWTH-fold over its time at the
+    lowest load while statements took most of the time connections were held (the database, not the
+    pool or the app around it, is what requests wait for)."""
+    ranked = inside.statements(ctx.rec)
+    if not ranked:
+        return None
+    key = (ranked[0].sql, ranked[0].site)
+    per_sec = inside.statements_per_second(ctx.rec)
+    means = {t: ms / n for t, d in ctx.steady({t: 0.0 for t in per_sec}).items()
+             if (n := per_sec[t].get(key, (0, 0.0))[0]) for ms in [per_sec[t][key][1]]}
+    if len(means) < 3:
+        return None
+    base = statistics.median([means[t] for t in sorted(means)[:3]])
+    held = _held_ms_per_second(ctx)
+    served = inside.server_ms_per_second(ctx.rec)
+    share: dict[int, float] = {}
+    for t, ms in means.items():
+        spent = sum(v[1] for v in per_sec[t].values())
+        whole = held.get(t) or served.get(t, 0.0)
+        share[t] = spent / whole if whole else 0.0
+    # a statement's time is measured from the loop, which picks up its result: on a busy loop it grows
+    # by the loop's lateness too; only growth beyond that is the database's
+    lag = ctx.tl.lag_p99_ms
+    onset = sustained_onset({t: 1.0 if m >= SLOW_GROWTH * base and m - base > lag.get(t, 0.0)
+                             and share[t] >= SLOW_SHARE else 0.0
+                             for t, m in means.items()}, lambda v: v >= 1.0)
+    if onset is None:
+        return None
+    after = [st for st in inside.statements(ctx.rec, (onset, float("inf"))) if (st.sql, st.site) == key]
+    if not after:
+        return None
+    trips = _round_trips(ctx, (onset, float("inf")))
+    if trips is not None and trips.statement.sql == key[0] and _mean_over(ctx.tl.worker_cpu, onset) >= WORKER_BUSY:
+        return None  # one statement per row on a busy worker: the round trips are the cost (cpu-saturated)
+    past = [share[t] for t in share if t >= onset]
+    busy, evidence = _database_busy_past(ctx, onset)
+    if not busy:
+        return None  # the statement slowed, the database did not work harder: the app's side (GIL, loop) did
+    return SlowStatement(onset, after[0], base, sum(past) / len(past), evidence)
+
+
+def _held_ms_per_second(ctx: Context) -> dict[int, float]:
+    """Milliseconds connections were held (returned in that second), all pools together."""
+    out: dict[int, float] = {}
+    for pts in inside.pools(ctx.rec).values():
+        for p in pts:
+            out[int(p.t // 1)] = out.get(int(p.t // 1), 0.0) + p.hold_ms
+    return out
+
+
+def detect_db_slow_queries(ctx: Context) -> list[Finding]:
+    slow = _slow_statement(ctx)
+    if slow is None:
+        return []
+    st = slow.statement
+    site = _frame_site(ctx, st.site) if st.site else None
+    p50, p99 = st.hist.percentile(0.5) / 1000, st.hist.percentile(0.99) / 1000
+    trips = _round_trips(ctx, (slow.onset, float("inf")))
+    evidence = [f"`{st.sql}`: {st.n} calls, p50 {p50:.1f} ms, p99 {p99:.1f} ms past t={slow.onset}s, against "
+                f"{slow.base_ms:.1f} ms at the lowest load",
+                f"statements ran {slow.share:.0%} of the time connections were held (or of server-side time)",
+                slow.evidence]
+    if trips is not None and trips.statement.sql == st.sql:
+        evidence.insert(1, trips.line())
+    return [_finding(
+        ctx, "db-slow-queries", slow.onset,
+        rule=f"one statement's mean time grew from {slow.base_ms:.1f} ms to {st.ms / st.n:.1f} ms "
+             f"(≥ {SLOW_GROWTH}×) from t={slow.onset}s while statements took {slow.share:.0%} of the time "
+             "connections were held",
+        evidence=tuple(evidence),
+        call_site=site, share=round(slow.share, 3),
+        summary=f"the database is the limit: `{st.sql}` takes {p50:.0f} ms (p99 {p99:.0f} ms) under load"
+                + (f", sent by `{site.function}()` at {site}" if site else ""),
+        recommendation="make the statement cheaper: run `EXPLAIN ANALYZE` on it, add an index on the columns it "
+                       "filters or joins on, or read fewer rows; a bigger pool would only queue more of it in "
+                       "the database"
+                       + ("; it is also sent once per row (N+1): batch it" if trips is not None
+                          and trips.statement.sql == st.sql else ""),
+        confidence=0.85)]
+
+
+def _database_busy_past(ctx: Context, onset: float) -> tuple[bool, str]:
+    """Whether the database itself worked past ``onset``, and what showed it: PostgreSQL's connections
+    mostly active (running a statement, not idle waiting for the app); SQLite, which runs each
+    connection in a thread of the worker, those threads using more CPU than the loop."""
+    pg = [r for r in ctx.rec.db if r.kind == "postgres" and r.t >= onset]
+    if pg:
+        active = sum(r.states.get("active", 0) for r in pg) / len(pg)
+        conns = sum(r.total - r.states.get("background", 0) for r in pg) / len(pg)
+        waits: dict[str, int] = {}
+        for r in pg:
+            for kind, n in r.waits.items():
+                waits[kind] = max(waits.get(kind, 0), n)
+        shown = ", ".join(f"{k} {n}" for k, n in sorted(waits.items(), key=lambda kv: -kv[1]))
+        return active >= 0.5 * conns > 0, (
+            f"PostgreSQL pg_stat_activity: {active:.1f} of the app's {conns:.1f} connections active on average"
+            + (f" (at most, by wait event: {shown})" if shown else ""))
+    threads = [(p.cpu - p.main_cpu, p.main_cpu) for s in ctx.rec.samples if s.t >= onset for p in s.procs
+               if p.role == "worker" and p.main_cpu is not None]
+    if not threads:
+        return False, _database_busy(ctx)
+    others, loop = (sum(x) / len(threads) for x in zip(*threads))
+    return others > loop, (f"the worker's threads besides the loop (SQLite runs each connection in one) used "
+                           f"{others:.2f} cores on average, the loop {loop:.2f}")
+
+
 def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
     pools = inside.pools(ctx.rec)
     if not pools:
@@ -465,7 +729,19 @@ def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
         evidence.append(f"{timeouts} pool timeouts (QueuePool limit reached"
                         + (f" after waiting {wait:g} s)" if wait else ")"))
     evidence.append(_database_busy(ctx))
+    held = _held(ctx, onset)
+    if held:
+        evidence.insert(0, held.line())
+    deadlock = _deadlock(ctx)
+    if deadlock is not None:
+        return [deadlock.finding(ctx, "db-pool-exhausted", min(onset, deadlock.onset), None)]
+    slow = _slow_statement(ctx)
+    if slow is not None and not held:
+        return []  # connections are busy running a statement that slows with load: db-slow-queries says so
     (pid, pool_id), pts = next(iter(pools.items()))
+    site = _frame_site(ctx, held.who) if held and " /" not in held.who else None
+    by = f"`{site.function}()` at {site}" if site else (f"`{held.who}`" if held else "")
+    holding = f", each held {held.ms:.0f} ms by {by} while its statements run {held.ran:.1f} ms" if held else ""
     return [
         _finding(
             ctx,
@@ -474,14 +750,45 @@ def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
             rule=f"checked-out connections reached size + overflow = {cap} from t={onset}s and acquire waits grew",
             evidence=tuple(evidence),
             share=round(min(share, 1.0), 3) if share is not None else None,
+            call_site=site,
             summary=f"requests queue for a DB connection: the pool ({pts[-1].size} + {pts[-1].max_overflow} overflow) "
-                    "is always checked out",
+                    "is always checked out"
+                    + holding,
             recommendation=f"raise pool_size/max_overflow (now {pts[-1].size}+{pts[-1].max_overflow}) within what the "
                            "database "
             "accepts, and hold connections for less time (do not keep one checked out across unrelated awaits)",
             confidence=0.9,
         )
     ]
+
+
+@dataclass(frozen=True)
+class Held:
+    """Connections held far longer than their statements ran, by one holder."""
+
+    who: str  # a route ("GET /path"), else the app line that checked them out ("file:line function")
+    ms: float  # held, per checkout
+    ran: float  # their statements ran, per checkout
+
+    def line(self) -> str:
+        holder = f"`{self.who}`" if " /" in self.who else f"the code at {self.who}"
+        return (f"{holder} held connections {self.ms:.0f} ms at a time while their statements ran {self.ran:.1f} "
+                "ms: the connection waits on something else (another await, a streamed response) — release it "
+                "before that")
+
+
+def _held(ctx: Context, onset: float) -> Held | None:
+    """The holder that held its connections longest, when it held each HELD_MIN_MS or more and
+    HELD_RATIO times longer than its statements ran (kept across another await, or for a whole
+    streamed response)."""
+    worst = None
+    for who, (n, ms, ran) in inside.holds(ctx.rec, (onset, float("inf"))).items():
+        if n and ms / n >= HELD_MIN_MS and ms >= HELD_RATIO * ran and (worst is None or ms > worst[2]):
+            worst = (who, n, ms, ran)
+    if worst is None:
+        return None
+    who, n, ms, ran = worst
+    return Held(who, ms / n, ran / n)
 
 
 def _database_busy(ctx: Context) -> str:
@@ -496,10 +803,7 @@ def _database_busy(ctx: Context) -> str:
 
 
 def _hist_mean_ms(h: Histogram) -> float:
-    from harness.histogram import bucket_value
-
-    n = h.count
-    return sum(bucket_value(b) * c for b, c in h.counts.items()) / n / 1000 if n else 0.0
+    return h.total_us() / h.count / 1000 if h.count else 0.0
 
 
 def detect_fd_exhausted(ctx: Context) -> list[Finding]:
@@ -536,14 +840,45 @@ def detect_memory_growth(ctx: Context) -> list[Finding]:
         return []
     base = pts[0][1]
     onset = next((t for t, v in pts if v > base * 1.1 + 5), tail[0][0])
+    live = _live_slope(ctx, tail[0][0], before)
+    if live is None:
+        where, recommendation = "", ("something keeps objects per request (a module-level list or dict, an "
+                                     "unbounded cache): compare `tracemalloc` snapshots between two moments under "
+                                     "load and bound what grows")
+    elif live >= HEAP_SHARE * slope:
+        where, recommendation = "in live allocations (the Python heap)", (
+            "the app keeps what it allocates per request (a module-level list or dict, an unbounded cache): "
+            "compare `tracemalloc` snapshots between two moments under load and bound what grows")
+    else:
+        where, recommendation = "in RSS outside live allocations (allocator fragmentation or native memory)", (
+            "the Python heap is not what grows: cap glibc's arenas (`MALLOC_ARENA_MAX=2`), try jemalloc "
+            "(`LD_PRELOAD`), look for native buffers or mmaps that are never freed, or recycle workers "
+            "(gunicorn `--max-requests`)")
     return [_finding(
         ctx, "memory-growth", onset,
         rule=f"worker RSS grew {slope:.1f} MB/s (95% interval {lo:.1f}–{hi:.1f}, excluding 0) from {tail[0][1]:.0f} "
              f"to {tail[-1][1]:.0f} MB",
-        summary=f"memory grows without bound under load ({slope:.1f} MB/s)",
-        recommendation="something keeps objects per request (a module-level list or dict, an unbounded cache): "
-                       "compare `tracemalloc` snapshots between two moments under load and bound what grows",
+        evidence=(f"live allocations (pymalloc blocks × {BLOCK_BYTES} B + what malloc has handed out) grew "
+                  f"{live:.1f} MB/s of RSS's {slope:.1f}",) if live is not None else (),
+        summary=f"memory grows without bound under load ({slope:.1f} MB/s)" + (f", {where}" if where else ""),
+        recommendation=recommendation,
         confidence=0.85)]
+
+
+def _live_slope(ctx: Context, start: float, end: float) -> float | None:
+    """MB/s by which the workers' live allocations grew in [start, end), all workers together;
+    None without the agent's readings (or without glibc's)."""
+    total: dict[int, float] = {}
+    for pts in inside.memory(ctx.rec).values():
+        for t, blocks, malloc in pts:
+            if malloc is None:
+                return None
+            if start <= t < end:
+                sec = int(t // 1)
+                total[sec] = total.get(sec, 0.0) + (blocks * BLOCK_BYTES + malloc) / 2**20
+    if len(total) < MEMORY_MIN_SECONDS // 2:
+        return None
+    return theil_sen(sorted(total.items()))[0]
 
 
 def theil_sen(points: list[tuple[int, float]]) -> tuple[float, float, float]:
@@ -594,6 +929,8 @@ BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {
     "db-pool-exhausted": detect_db_pool_exhausted,
     "fd-exhausted": detect_fd_exhausted,
     "memory-growth": detect_memory_growth,
+    "db-slow-queries": detect_db_slow_queries,
+    "gc-pauses": detect_gc_pauses,
     "server-errors": detect_server_errors,
 }
 

@@ -51,6 +51,7 @@ class PoolPoint:
     hold_ms: float
     returns: int
     timeout_s: float | None = None
+    waiting: int = 0  # checkouts waiting for a connection
 
     @property
     def capacity(self) -> int:
@@ -156,7 +157,7 @@ def pools(rec: Recording) -> dict[tuple[int, str], list[PoolPoint]]:
             out[(pid, p.id)].append(PoolPoint(
                 t=r.t - rec.t0, size=p.size, checked_out=p.checked_out, overflow=p.overflow or 0,
                 max_overflow=p.max_overflow or 0, acquire=p.acquire, timeouts=p.timeouts, hold_ms=p.hold_ms,
-                returns=p.returns, timeout_s=p.timeout_s,
+                returns=p.returns, timeout_s=p.timeout_s, waiting=p.waiting or 0,
             ))
     return dict(out)
 
@@ -319,3 +320,100 @@ def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
                 frames_ms[(cat, f"{named[0]}:{named[1]} {named[2]}")] += ms
     top = [(c, w, round(ms, 1)) for (c, w), ms in frames_ms.most_common(20)]
     return CpuHotspots(dict(cats_ms), top, "py-spy", sum(p.samples for p in profiles))
+
+
+@dataclass
+class Statement:
+    """One normalized statement sent from one app line, summed over a window."""
+
+    sql: str
+    site: str  # "file:line function" of the app's frame that sent it ("" when none was found)
+    n: int = 0
+    ms: float = 0.0
+    hist: Histogram = field(default_factory=Histogram)
+    routes: dict[str, list[float]] = field(default_factory=dict)  # route → [calls, ms]
+
+
+def statements(rec: Recording, window: tuple[float, float] | None = None) -> list[Statement]:
+    """The statements the app sent in ``window``, most time first."""
+    lo, hi = window if window else (-math.inf, math.inf)
+    out: dict[tuple[str, str], Statement] = {}
+    for _, r in records(rec, AgentTick):
+        if not lo <= r.t - rec.t0 < hi:
+            continue
+        for s in r.statements:
+            st = out.setdefault((s.sql, s.site), Statement(s.sql, s.site))
+            st.n += s.n
+            st.ms += s.ms
+            st.hist.merge(s.hist)
+            for route, (n, ms) in s.routes.items():
+                acc = st.routes.setdefault(route, [0, 0.0])
+                acc[0] += n
+                acc[1] += ms
+    return sorted(out.values(), key=lambda s: -s.ms)
+
+
+def statements_per_second(rec: Recording) -> dict[int, dict[tuple[str, str], tuple[int, float]]]:
+    """Per second: (statement, site) → (calls, ms)."""
+    out: dict[int, dict[tuple[str, str], tuple[int, float]]] = defaultdict(dict)
+    for _, r in records(rec, AgentTick):
+        sec = out[math.floor(r.t - rec.t0)]
+        for s in r.statements:
+            n, ms = sec.get((s.sql, s.site), (0, 0.0))
+            sec[(s.sql, s.site)] = (n + s.n, ms + s.ms)
+    return dict(out)
+
+
+def route_requests(rec: Recording, window: tuple[float, float] | None = None) -> Counter[str]:
+    """Requests the agents counted per route in ``window``."""
+    lo, hi = window if window else (-math.inf, math.inf)
+    out: Counter[str] = Counter()
+    for _, r in records(rec, AgentTick):
+        if lo <= r.t - rec.t0 < hi:
+            out.update({route: st.n for route, st in r.routes.items()})
+    return out
+
+
+def holds(rec: Recording, window: tuple[float, float] | None = None) -> dict[str, tuple[int, float, float]]:
+    """Per holder (a route, else the app line that checked out): connections returned to a SQLAlchemy
+    pool in ``window``, the ms they were held, and the ms their statements ran meanwhile."""
+    lo, hi = window if window else (-math.inf, math.inf)
+    out: dict[str, tuple[int, float, float]] = {}
+    for _, r in records(rec, AgentTick):
+        if lo <= r.t - rec.t0 < hi:
+            for p in r.pools:
+                for who, (n, ms, ran) in p.holds.items():
+                    k, total, running = out.get(who, (0, 0.0, 0.0))
+                    out[who] = (k + n, total + ms, running + ran)
+    return out
+
+
+@dataclass(frozen=True)
+class FullCollection:
+    pid: int
+    t: float  # relative to the run's t0
+    ms: float
+    collected: int
+
+
+def full_collections(rec: Recording) -> list[FullCollection]:
+    """Every generation-2 garbage collection the agents timed, in time order."""
+    return sorted((FullCollection(pid, c.t - rec.t0, c.ms, c.collected)
+                   for pid, r in records(rec, AgentTick) for c in r.gc_full), key=lambda c: c.t)
+
+
+def memory(rec: Recording) -> dict[int, list[tuple[float, int, int | None]]]:
+    """Per worker: (t, pymalloc blocks, bytes malloc holds) about once a second."""
+    out: dict[int, list[tuple[float, int, int | None]]] = defaultdict(list)
+    for pid, r in records(rec, AgentTick):
+        if r.memory:
+            out[pid].append((r.t - rec.t0, int(r.memory.get("blocks", 0)), r.memory.get("malloc")))
+    return dict(out)
+
+
+def server_ms_per_second(rec: Recording) -> dict[int, float]:
+    """Per second: the milliseconds requests spent in the app (server side), all routes and workers."""
+    out: dict[int, float] = defaultdict(float)
+    for _, r in records(rec, AgentTick):
+        out[math.floor(r.t - rec.t0)] += sum(st.hist.total_us() for st in r.routes.values()) / 1000
+    return dict(out)

@@ -11,8 +11,8 @@ from harness.errors import DatabaseError
 from harness.records import DbSample
 
 STATES_SQL = (
-    "SELECT coalesce(state, 'background'), count(*) FROM pg_stat_activity "
-    "WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+    "SELECT coalesce(state, 'background'), CASE WHEN state = 'active' THEN coalesce(wait_event_type, 'CPU') END, "
+    "count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1, 2"
 )
 
 
@@ -100,10 +100,15 @@ class PgWatcher(threading.Thread):
         with conn:
             max_conn = int(conn.execute("SHOW max_connections").fetchone()[0])
             while not self._halt.wait(1.0):
+                states: dict[str, int] = {}
+                waits: dict[str, int] = {}
                 try:
-                    states = {str(s): int(n) for s, n in conn.execute(STATES_SQL).fetchall()}
+                    for state, wait, n in conn.execute(STATES_SQL).fetchall():
+                        states[str(state)] = states.get(str(state), 0) + int(n)
+                        if wait is not None:
+                            waits[str(wait)] = int(n)
                 except Exception as e:  # the server went away: record it and stop watching
                     self.error = f"{type(e).__name__}: {e}"
                     return
                 self.on_record(DbSample(round(time.time() - self.t0, 3), "postgres", states, sum(states.values()),
-                                        max_conn))
+                                        max_conn, waits))

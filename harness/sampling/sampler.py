@@ -20,6 +20,7 @@ from harness.records import Event, ForeignProcess, ProcessSample, Sample
 CONN_EVERY_S = 1.0  # listing TCP connections reads /proc/net/tcp: once a second is plenty
 HOST_BUSY_FOR_FOREIGN = 0.85  # host CPU share from which processes outside the run are looked at
 TOP_FOREIGN = 5
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Sampler(threading.Thread):
@@ -50,6 +51,7 @@ class Sampler(threading.Thread):
         self._workers_seen: set[int] = set()
         self._last_conns = 0.0
         self._run_delay: dict[int, tuple[float, int]] = {}  # pid → (when, run_delay ns) at the last read
+        self._main_ticks: dict[int, tuple[float, int]] = {}  # pid → (when, main thread's CPU ticks) at the last read
         self._others: dict[int, psutil.Process] = {}  # processes outside the run, while the host is busy
         self.errors: collections.Counter[str] = collections.Counter()
 
@@ -146,6 +148,21 @@ class Sampler(threading.Thread):
             return None
         return round(max(0, total - last[1]) / 1e9 / (now - last[0]), 4)
 
+    def _main_cpu(self, pid: int) -> float | None:
+        """Cores its main thread used since the last read (/proc/PID/task/PID/stat)."""
+        try:
+            with open(f"/proc/{pid}/task/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return None
+        now = time.monotonic()
+        last = self._main_ticks.get(pid)
+        self._main_ticks[pid] = (now, ticks)
+        if last is None or now <= last[0]:
+            return None
+        return round((ticks - last[1]) / CLOCK_TICKS / (now - last[0]), 4)
+
     def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> ProcessSample:
         with p.oneshot():
             cpu, rss, fds = p.cpu_percent() / 100.0, p.memory_info().rss, p.num_fds()
@@ -153,11 +170,13 @@ class Sampler(threading.Thread):
             fd_limit: int | None = p.rlimit(resource.RLIMIT_NOFILE)[0]
         except (psutil.AccessDenied, AttributeError):
             fd_limit = None
-        tcp = db_conns = runq = None
+        tcp = db_conns = runq = main_cpu = None
         if with_conns:
             conns = p.net_connections(kind="tcp")
             tcp = dict(collections.Counter(c.status for c in conns))
             if self.db_port and role != "driver":
                 db_conns = sum(1 for c in conns if c.raddr and c.raddr.port == self.db_port)
             runq = self._runq(p.pid) if role != "driver" else None
-        return ProcessSample(p.pid, role, round(cpu, 4), round(rss / 2**20, 2), fds, fd_limit, tcp, db_conns, runq)
+            main_cpu = self._main_cpu(p.pid) if role == "worker" else None
+        return ProcessSample(p.pid, role, round(cpu, 4), round(rss / 2**20, 2), fds, fd_limit, tcp, db_conns, runq,
+                             main_cpu)

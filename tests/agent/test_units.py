@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -32,6 +33,7 @@ class Agent:
         self.routes = None
         self.started = self.stopped = 0
         self.threadpool = self
+        self.statements = self.pools = types.SimpleNamespace(routes=None)
 
     def start(self, loop: object) -> None:
         self.started += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +21,7 @@ class FakeAgent:
 
     routes: Any = None
     waits: Any = None
+    statements = pools = types.SimpleNamespace(routes=None)
 
     def start(self, loop: Any) -> None:
         self.loop = loop
