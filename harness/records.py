@@ -460,6 +460,7 @@ class AgentHello:
     watchdog: str
     cpu_timer: str
     options: Mapping[str, Any]
+    middleware: tuple[str, ...] = ()  # the app's BaseHTTPMiddleware subclasses
 
 
 @dataclass(frozen=True)
@@ -486,6 +487,7 @@ class AgentTick:
     statements: tuple[StatementTick, ...] = ()
     gc_full: tuple[FullCollection, ...] = ()
     memory: Mapping[str, int] | None = None  # once a second: pymalloc "blocks", glibc "malloc" bytes in use
+    db_errors: Mapping[str, int] = field(default_factory=dict)  # "too-many-connections" or a DBAPI error type → n
 
 
 @dataclass(frozen=True)
@@ -522,7 +524,8 @@ def _site(d: Mapping[str, Any] | None) -> Site | None:
 def _hello(d: Mapping[str, Any], fmt: int) -> AgentHello:
     _check("agent hello", d, _keys(*AgentHello.__dataclass_fields__))
     return AgentHello(int(d["pid"]), float(d["t"]), d["python"], d.get("versions", {}), d.get("loop", ""),
-                      d.get("hotspots", ""), d.get("watchdog", ""), d.get("cpu_timer", ""), d.get("options", {}))
+                      d.get("hotspots", ""), d.get("watchdog", ""), d.get("cpu_timer", ""), d.get("options", {}),
+                      tuple(d.get("middleware", ())))
 
 
 def _pool(d: Mapping[str, Any]) -> PoolTick:
@@ -544,7 +547,7 @@ def _statement(d: Mapping[str, Any]) -> StatementTick:
 def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
     _check("agent tick", d, _keys("t", "seq", "lag_ms", "threadpool", "pools", "gc", "hot_ms", "hot_frames_ms",
                                    "pool_ms", "pool_frames_ms", "inflight", "routes", "exceptions", "waits_ms",
-                                   "http_pools", "executors", "statements", "memory"))
+                                   "http_pools", "executors", "statements", "memory", "db_errors"))
     tp, gc = d.get("threadpool"), d.get("gc") or {}
     routes = {k: RouteTick(int(r["n"]), int(r["errors"]), _hist(r.get("hist"))) for k, r in d.get("routes", {}).items()}
     return AgentTick(
@@ -568,6 +571,7 @@ def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
         executors=tuple(ExecutorTick(**e) for e in d.get("executors", ())),
         statements=tuple(_statement(s) for s in d.get("statements", ())),
         memory=d.get("memory"),
+        db_errors=d.get("db_errors", {}),
     )
 
 
@@ -616,7 +620,8 @@ def agent_record_to_json(r: AgentRecord) -> Json:
                    "executors": [vars(e) for e in r.executors],
                    "statements": [{**vars(s), "hist": s.hist.to_json(), "routes": {k: list(v) for k, v in
                                                                                    s.routes.items()}}
-                                  for s in r.statements]}
+                                  for s in r.statements],
+                   "db_errors": dict(r.db_errors)}
         if r.memory is not None:
             d["memory"] = dict(r.memory)
         return d

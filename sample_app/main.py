@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.responses import StreamingResponse
+from starlette.middleware.base import BaseHTTPMiddleware
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -208,3 +209,39 @@ def sync_db(session: Session = Depends(get_session)) -> dict[str, int]:
 async def gc_churn() -> dict[str, int]:
     GC_RECENT.append([[i] for i in range(2000)])  # survives a few young collections, then dies old
     return {"graph": len(GC_GRAPH)}
+
+
+class RequestId(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        response = await call_next(request)
+        response.headers["x-request-id"] = request.headers.get("x-request-id", "-")
+        return response
+
+
+class Timing(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        response.headers["x-elapsed"] = f"{time.perf_counter() - started:.6f}"
+        return response
+
+
+class Tenant(BaseHTTPMiddleware):
+    async def dispatch(self, request, call_next):
+        request.state.tenant = request.headers.get("x-tenant", "default")
+        return await call_next(request)
+
+
+# /middleware/: the same do-nothing endpoint as /fast, behind three BaseHTTPMiddleware layers (in a
+# mounted app, so the other endpoints keep a bare stack)
+layered = FastAPI()
+for layer in (RequestId, Timing, Tenant):
+    layered.add_middleware(layer)
+
+
+@layered.get("/")
+async def behind_middleware() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+app.mount("/middleware", layered)

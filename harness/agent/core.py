@@ -65,6 +65,7 @@ class Agent:
         self.pools = probes.PoolProbe()
         self.gc = probes.GcProbe()
         self.statements = statements.StatementProbe()
+        self.middleware: List[str] = []  # the app's BaseHTTPMiddleware classes, set by the middleware
         self.profiler: Any = None
         self.stopped = threading.Event()
         self.seq = 0
@@ -108,6 +109,7 @@ class Agent:
             "versions": probes.versions(), "loop": type(loop).__module__ + "." + type(loop).__name__,
             "hotspots": "sigprof" if signal_sampling else ("thread" if self.hot_interval else "off"),
             "watchdog": "sigalrm" if self.alarm else "thread", "cpu_timer": self.cpu_timer.kind,
+            "middleware": self.middleware,
             "options": {k: v for k, v in self.options.items() if k != "target"},
         })
         self.thread = threading.Thread(target=self._run, name="fastapi-harness-agent", daemon=True)
@@ -275,6 +277,7 @@ class Agent:
             "pools": self.pools.read(),
             "gc": self.gc.read(),
             "statements": self.statements.read(),
+            "db_errors": self.statements.read_errors(),
             **self._classify_hot(),
         }
         if self.seq % MEMORY_EVERY == 1:

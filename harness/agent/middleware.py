@@ -18,6 +18,29 @@ SLOT = [_SLOTS[b + 1] for b in TABLE]  # SLOT[us]: one shared int object per slo
 RAISED = None  # a tally's key for its [(route key, exception type)]
 
 
+def base_http_middleware(app: Any) -> List[str]:
+    """The ``BaseHTTPMiddleware`` subclasses in the app's stack and in the apps it mounts (each runs
+    the rest of the request in a task of its own, behind memory streams)."""
+    try:
+        from starlette.middleware.base import BaseHTTPMiddleware
+    except Exception:
+        return []
+    out: List[str] = []
+    apps, seen = [app], set()
+    while apps:
+        current = apps.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for entry in getattr(current, "user_middleware", None) or ():
+            cls = getattr(entry, "cls", None)
+            if isinstance(cls, type) and issubclass(cls, BaseHTTPMiddleware):
+                out.append(f"{cls.__module__}.{cls.__qualname__}")
+        apps += [route.app for route in getattr(current, "routes", None) or () if hasattr(route, "app")
+                 and not hasattr(route, "endpoint")]
+    return out
+
+
 def _new_counts() -> List[Any]:
     return [0] * (NB + 1) + [None]
 
@@ -40,6 +63,7 @@ class AgentMiddleware:
         agent.routes = self
         agent.waits = WaitProbe(type(self).__call__.__code__)
         agent.statements.routes = agent.pools.routes = self
+        agent.middleware = base_http_middleware(app)
         self.ready = False
         self.inflight = 0
         self.tally: Dict[Any, Any] = {}

@@ -30,6 +30,8 @@ _LITERALS = re.compile(r"'(?:[^']|'')*'|\$\d+|%\(\w+\)s|%s|(?<![:\w]):\w+|\?|\b\
 _IN_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
 _SPACE = re.compile(r"\s+")
 _ASYNCPG_METHODS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
+# what a database says when it refuses a connection for having too many (PostgreSQL, MySQL)
+_TOO_MANY = ("too many clients", "remaining connection slots", "too many connections")
 
 Origin = Tuple[Optional[str], Optional[str]]  # ("file:line function" of the app's frame, route label)
 
@@ -78,6 +80,7 @@ class StatementProbe:
         self.lock = threading.Lock()
         self.current: Dict[Tuple[str, Optional[str]], List[Any]] = {}
         self.normalized: Dict[str, str] = {}
+        self.errors: Dict[str, int] = {}  # "too-many-connections" or the DBAPI error's type → count
         self.sqlalchemy = self.asyncpg = False
 
     def install(self) -> None:
@@ -110,8 +113,21 @@ class StatementProbe:
                 info[RAN] = info.get(RAN, 0.0) + took
                 self.record(statement, took, sys._getframe(1))
 
+        def failed(context: Any) -> None:
+            self.error(context.original_exception)
+
         event.listen(Engine, "before_cursor_execute", before)
         event.listen(Engine, "after_cursor_execute", after)
+        event.listen(Engine, "handle_error", failed)
+
+    def error(self, exc: BaseException) -> None:
+        """A database error seen through SQLAlchemy (connecting included); never raises."""
+        try:
+            text = str(exc).lower()
+            kind = "too-many-connections" if any(m in text for m in _TOO_MANY) else type(exc).__name__
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+        except Exception:
+            pass
 
     def _hook_asyncpg(self) -> None:
         from asyncpg.connection import Connection
@@ -169,6 +185,10 @@ class StatementProbe:
                         by_route[1] += us
         except Exception:
             pass
+
+    def read_errors(self) -> Dict[str, int]:
+        errors, self.errors = self.errors, {}
+        return errors
 
     def read(self) -> List[Dict[str, Any]]:
         self.install()

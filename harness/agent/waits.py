@@ -6,7 +6,9 @@ chain, and that frame's local ``t`` says when the request started. A request in 
 than ``SLOW_NS`` is followed down ``cr_await`` to the innermost suspended frame; what it awaits
 says the kind of wait (an outbound HTTP pool, a response, a DB pool or statement, an asyncio
 lock, an executor, a sleep), and the innermost frame of the app's own code is its site. Each
-walk adds the time since the previous one to every waiting request's (kind, site).
+walk adds the time since the previous one to every waiting request's (kind, site); past
+``MAX_WALKED`` slow requests, a random sample of them is followed, each standing for its share
+(following every one of 200 requests 30 frames deep cost ≈ 20 ms a walk, holding the GIL).
 
 The HTTP client pools (httpcore's, aiohttp's connectors) are found the same way, from the
 frames of requests waiting on them, and read every tick after; executors are found from their
@@ -17,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import threading
 import time
+import types
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -27,12 +31,14 @@ from . import stacks
 
 SLOW_NS = 5_000_000  # a request in flight longer than this is walked
 WALK_S = 0.050  # between walks while a request waits (else once a tick)
-MAX_TASKS = 256  # walked per walk, at most
+MAX_TASKS = 256  # tasks looked at per walk, at most ...
+MAX_WALKED = 32  # ... and slow requests followed to where they wait (a sample, weighted, when more)
 MAX_DEPTH = 64  # frames followed down one chain
 HEAD_DEPTH = 10  # the middleware's frame is among the outermost of a request's chain
 LOCKS = {"Lock": "lock", "Semaphore": "semaphore", "BoundedSemaphore": "semaphore", "Condition": "condition",
          "Event": "event", "CapacityLimiter": "semaphore"}
 _SEP = os.sep
+_COROUTINE = types.CoroutineType
 
 
 class WaitProbe:
@@ -54,57 +60,70 @@ class WaitProbe:
         except RuntimeError:  # the loop changed the set while it was copied: next time
             return
         now_ns = time.perf_counter_ns()
-        found = False
+        slow = []
         for task in tasks[:MAX_TASKS]:
             try:
-                walked = self._chain(task.get_coro())
-                if walked is None or now_ns - walked[2] < SLOW_NS:
-                    continue
-                frames, awaited, _ = walked
+                head = self._follow(task.get_coro(), [], now_ns)
+            except Exception:  # a frame or object of an unexpected shape: skip this request, never the app
+                continue
+            if head is not None:
+                slow.append((task, head))
+        # the rest of each chain, and what it waits on, for a sample of them standing for all
+        walked = random.sample(slow, MAX_WALKED) if len(slow) > MAX_WALKED else slow
+        weight = interval * 1000.0 * len(slow) / len(walked) if walked else 0.0
+        for task, (frames, obj) in walked:
+            try:
+                frames, awaited = self._follow(obj, frames, None)  # type: ignore[misc]
                 if not isinstance(awaited, asyncio.Future):
                     # `await future` leaves an iterator in cr_await; the task knows the future it waits on
                     awaited = getattr(task, "_fut_waiter", None)
-                kind, pool = classify(frames, awaited)
-                site = _app_site(frames)
-            except Exception:  # a frame or object of an unexpected shape: skip this request, never the app
+                kind, pool, site = classify(frames, awaited)
+            except Exception:
                 continue
-            found = True
             key = f"{kind}|{site}" if site else kind
-            self.waits[key] = self.waits.get(key, 0.0) + interval * 1000.0
+            self.waits[key] = self.waits.get(key, 0.0) + weight
             if pool is not None and id(pool[0]) not in self.http_pools:
                 self.http_pools[id(pool[0])] = (weakref.ref(pool[0]), pool[1], site or "")
-        self.active = found
+        self.active = bool(slow)
 
-    def _chain(self, coro: Any) -> Optional[Tuple[List[Any], Any, int]]:
-        """(frames outer→inner, the innermost awaited object, the request's start ns), or None for a
-        task that is not a request's."""
-        frames: List[Any] = []
-        start = None
-        obj = coro
+    def _follow(self, obj: Any, frames: List[Any], now_ns: Optional[int]) -> Optional[Tuple[List[Any], Any]]:
+        """Down a chain of awaits from ``obj``, appending to ``frames`` (outer→inner).
+
+        With ``now_ns``: from a task's coroutine to the middleware's frame, returning (frames, what that
+        frame awaits) when the request has been in flight for SLOW_NS or longer, else None (also for a
+        task that is not a request's). Without: on to the innermost frame, returning (frames, the
+        innermost awaited object).
+        """
+        found = now_ns is None
         for depth in range(MAX_DEPTH):
-            frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None)
+            if type(obj) is _COROUTINE:  # the common case, without getattr's defaults
+                frame, nxt = obj.cr_frame, obj.cr_await
+            else:
+                frame = getattr(obj, "gi_frame", None) or getattr(obj, "ag_frame", None) or getattr(
+                    obj, "cr_frame", None)
+                if frame is None:
+                    if isinstance(obj, asyncio.Task):  # awaiting a task of its own: follow it
+                        obj = obj.get_coro()
+                        continue
+                    break
+                nxt = getattr(obj, "gi_yieldfrom", None)
+                if nxt is None:
+                    nxt = getattr(obj, "ag_await", None)
             if frame is None:
-                if isinstance(obj, asyncio.Task):  # awaiting a task of its own: follow it
-                    obj = obj.get_coro()
-                    continue
                 break
-            if start is None:
+            frames.append(frame)
+            if not found:
                 if frame.f_code is self.code:
                     start = frame.f_locals.get("t")
-                elif depth >= HEAD_DEPTH:
+                    if start is None or now_ns - start < SLOW_NS:  # type: ignore[operator]
+                        return None
+                    return (frames, nxt) if nxt is not None else None
+                if depth >= HEAD_DEPTH:
                     return None
-            frames.append(frame)
-            nxt = getattr(obj, "cr_await", None)
-            if nxt is None:
-                nxt = getattr(obj, "gi_yieldfrom", None)
-            if nxt is None:
-                nxt = getattr(obj, "ag_await", None)
             if nxt is None:
                 break
             obj = nxt
-        if start is None or not frames:
-            return None
-        return frames, obj, int(start)
+        return (frames, obj) if found else None
 
     def read(self) -> Dict[str, Any]:
         waits, self.waits = self.waits, {}
@@ -125,35 +144,72 @@ class WaitProbe:
         return out
 
 
-def classify(frames: List[Any], awaited: Any) -> Tuple[str, Optional[Tuple[Any, str]]]:
-    """The kind of wait a chain ends in, and the HTTP pool it waits on (with its kind) when it does."""
-    names = [(f.f_code.co_filename, f.f_code.co_name) for f in frames]
+_by_codes: Dict[Tuple[int, ...], Tuple[str, int, List[Any]]] = {}  # see classify
+
+
+def classify(frames: List[Any], awaited: Any) -> Tuple[str, Optional[Tuple[Any, str]], Optional[str]]:
+    """The kind of wait a chain ends in, the HTTP pool it waits on (with its kind) when it does, and
+    the innermost app frame ("file:line function").
+
+    What the frames' code says is cached per chain of code objects (held by the cache, so their ids
+    stay theirs): requests of one route wait in the same chains, and reading every frame's names
+    for each of them, every walk, cost ≈ 0.1 ms a request.
+    """
+    codes = [f.f_code for f in frames]
+    key = tuple(map(id, codes))
+    known = _by_codes.get(key)
+    if known is None:
+        if len(_by_codes) >= 5_000:
+            _by_codes.clear()
+        known = _by_codes[key] = (*_by_names([(c.co_filename, c.co_name) for c in codes]), codes)
+    kind, app = known[0], known[1]
+    site = None
+    if app >= 0:
+        f = frames[app]
+        site = f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+    pool = None
+    if kind == "http":
+        kind, pool = _http(frames)
+    elif kind == "lock":
+        kind = LOCKS.get(type(frames[-1].f_locals.get("self")).__name__, "lock")
+    elif kind in ("sleep", "other") and _is_executor_future(awaited):
+        kind = "executor"
+    return kind, pool, site
+
+
+def _by_names(names: List[Tuple[str, str]]) -> Tuple[str, int]:
+    """The kind of wait as far as the chain's files and functions say ("http" and "lock" need a look at
+    the frames), and the index of its innermost app frame (-1 when none)."""
+    app = next((i for i in range(len(names) - 1, -1, -1) if not stacks.is_library(names[i][0])), -1)
     path, func = names[-1]
-    http = [(p, n, f) for (p, n), f in zip(names, frames) if _part("httpcore", p) or _part("aiohttp", p)]
-    if http:
-        pool = next(((f.f_locals.get("self"), "httpcore") for p, n, f in http
-                     if n == "handle_async_request" and p.endswith("connection_pool.py")), None) or next(
-            ((f.f_locals.get("self"), "aiohttp") for p, n, f in http if n == "connect" and p.endswith("connector.py")),
-            None)
-        acquiring = any(n in ("wait_for_connection", "_wait_for_available_connection") for _, n, _ in http) or (
-            pool is not None and pool[1] == "aiohttp" and not any(n == "_create_connection" for _, n, _ in http))
-        return ("http-pool-acquire" if acquiring else "http-response"), pool
+    if any(_part("httpcore", p) or _part("aiohttp", p) for p, _ in names):
+        return "http", app
     if any(_part(lib, p) for p, _ in names for lib in ("sqlalchemy", "asyncpg", "aiosqlite", "psycopg", "databases")):
         queued = path.endswith(_SEP + "queues.py") or any(
             _part("asyncpg", p) and p.endswith("pool.py") and n in ("_acquire", "acquire") for p, n in names)
-        return ("db-pool-acquire" if queued else "db-statement"), None
+        return ("db-pool-acquire" if queued else "db-statement"), app
     if path.endswith(("locks.py", "_synchronization.py")):
-        owner = type(frames[-1].f_locals.get("self")).__name__
-        return LOCKS.get(owner, "lock"), None
+        return "lock", app
     if path.endswith(_SEP + "queues.py"):
-        return "queue", None
+        return "queue", app
     if any(_part("anyio", p) and n in ("run_sync", "run_sync_in_worker_thread") for p, n in names):
-        return "threadpool", None
-    if _is_executor_future(awaited):
-        return "executor", None
+        return "threadpool", app
     if func == "sleep" and path.endswith("tasks.py"):
-        return "sleep", None
-    return "other", None
+        return "sleep", app
+    return "other", app
+
+
+def _http(frames: List[Any]) -> Tuple[str, Optional[Tuple[Any, str]]]:
+    """Waiting for an outbound HTTP pool's connection or for the response, and the pool."""
+    http = [(f.f_code.co_filename, f.f_code.co_name, f) for f in frames
+            if _part("httpcore", f.f_code.co_filename) or _part("aiohttp", f.f_code.co_filename)]
+    pool = next(((f.f_locals.get("self"), "httpcore") for p, n, f in http
+                 if n == "handle_async_request" and p.endswith("connection_pool.py")), None) or next(
+        ((f.f_locals.get("self"), "aiohttp") for p, n, f in http if n == "connect" and p.endswith("connector.py")),
+        None)
+    acquiring = any(n in ("wait_for_connection", "_wait_for_available_connection") for _, n, _ in http) or (
+        pool is not None and pool[1] == "aiohttp" and not any(n == "_create_connection" for _, n, _ in http))
+    return ("http-pool-acquire" if acquiring else "http-response"), pool
 
 
 def _part(lib: str, path: str) -> bool:
@@ -168,15 +224,6 @@ def _is_executor_future(obj: Any) -> bool:
         if getattr(fn, "__name__", "") == "_call_check_cancel":
             return True
     return False
-
-
-def _app_site(frames: List[Any]) -> Optional[str]:
-    """"file:line function" of the innermost frame of the app's own code."""
-    for frame in reversed(frames):
-        path = frame.f_code.co_filename
-        if not stacks.is_library(path):
-            return f"{path}:{frame.f_lineno} {frame.f_code.co_name}"
-    return None
 
 
 def _pool_gauges(pool: Any, kind: str) -> Dict[str, int]:

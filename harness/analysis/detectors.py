@@ -51,6 +51,7 @@ HELD_RATIO = 3.0  # ... and this many times longer than its statements ran is he
 SLOW_SHARE = 1 / HELD_RATIO  # ... else its connections are busy running statements (the rest is the driver's
 # hand-offs and the reset on return); of server-side time when no pool is seen
 GC_SHARE = 0.5  # of the stalled time that full collections overlap
+BASE_HTTP_SHARE = 0.2  # of the busy CPU under BaseHTTPMiddleware for the framework's cost to be named as it
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,8 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     trips = _round_trips(ctx, (start, float("inf")))
     if trips is not None:  # one statement per row: the round trips are the cost, wherever the CPU shows
         hotspot, site = "db-round-trips", _frame_site(ctx, trips.statement.site) or site
+    layers = inside.base_http_middleware(ctx.rec)
+    layered = hotspot == "framework" and layers and (hot.base_http_share or 0.0) >= BASE_HTTP_SHARE
     if ctx.workers < ctx.cores:
         scale = (f"this host has {ctx.cores} cores and the app runs {ctx.workers} worker(s): run more workers "
                  f"(e.g. --workers {ctx.cores})")
@@ -356,8 +359,12 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
             share=shares.get(hotspot or "") if hotspot else None,
             summary=f"worker CPU is saturated{f', mostly {hotspot}' if hotspot else ''}"
             + (f": `{trips.statement.sql}` sent {trips.per_request:.0f} times per request" if trips else "")
+            + (f": {hot.base_http_share:.0%} of it under BaseHTTPMiddleware ({', '.join(layers)})" if layered else "")
             + (f" in `{site.function}()` at {site}" if site else ""),
-            recommendation="; ".join(x for x in (advice, scale) if x),
+            recommendation="; ".join(x for x in ((
+                f"rewrite {', '.join(layers)} as pure ASGI middleware (a class with `async def __call__(self, "
+                "scope, receive, send)`): each BaseHTTPMiddleware runs the rest of the request in a task of its "
+                "own behind memory streams") if layered else advice, scale) if x),
             confidence=0.85 if hotspot else 0.7,
         )
     ]
@@ -909,6 +916,17 @@ def detect_server_errors(ctx: Context) -> list[Finding]:
             if k != "ok":
                 kinds[k] = kinds.get(k, 0) + n
     exc = inside.exceptions(ctx.rec)
+    refused = _connections_refused(ctx)
+    if refused:
+        return [_finding(
+            ctx, "server-errors", onset,
+            rule=f"error rate above {limit:.0%} from t={onset}s ({', '.join(f'{k} {n:,}' for k, n in kinds.items())})",
+            evidence=(refused,) + tuple(f"{route}: {by}" for route, by in exc.items()),
+            summary=f"the database refuses connections: {refused}",
+            recommendation="keep workers × (pool_size + max_overflow) below the server's max_connections (less "
+                           "what other clients and superuser_reserved_connections take): smaller pools per worker, "
+                           "or a pooler such as PgBouncer in front of the database",
+            confidence=0.9)]
     return [_finding(
         ctx, "server-errors", onset,
         rule=f"error rate above {limit:.0%} from t={onset}s ({', '.join(f'{k} {n:,}' for k, n in kinds.items())})",
@@ -916,6 +934,22 @@ def detect_server_errors(ctx: Context) -> list[Finding]:
         summary="the app fails (" + ", ".join(kinds) + ") before any resource saturates",
         recommendation="read server.stderr.log and the exceptions by route in the report; fix the failing code path",
         confidence=0.7)]
+
+
+def _connections_refused(ctx: Context) -> str:
+    """Why the database refused connections, with the arithmetic, when the agents saw it do so."""
+    errors = inside.db_errors(ctx.rec)
+    refused = errors.get("too-many-connections", 0) + sum(
+        n for by in inside.exceptions(ctx.rec).values() for kind, n in by.items() if kind == "TooManyConnectionsError")
+    if not refused:
+        return ""
+    caps = {pid: max(p.capacity for p in pts) for (pid, _), pts in inside.pools(ctx.rec).items()}
+    per = max(caps.values(), default=0)
+    workers = max(len(caps), ctx.workers)
+    limit = max((r.max_connections for r in ctx.rec.db if r.kind == "postgres"), default=None)
+    want = f"{workers} workers × (pool_size + max_overflow = {per}) = {workers * per} connections" if per else ""
+    against = f" against max_connections = {limit}" if limit else ""
+    return f"{refused:,} connection attempts refused (too many clients)" + (f"; {want}{against}" if want else "")
 
 
 BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {

@@ -13,7 +13,7 @@ from typing import Any, Iterable, TypeVar
 from harness.analysis.series import percentile, role_pids
 from harness.histogram import Histogram
 from harness.recording import Recording
-from harness.records import AgentGap, AgentProfile, AgentStall, AgentTick, Site
+from harness.records import AgentGap, AgentHello, AgentProfile, AgentStall, AgentTick, Site
 
 R = TypeVar("R")
 
@@ -296,6 +296,7 @@ class CpuHotspots:
     frames: list[tuple[str, str, float]]  # (category, "file:line function", ms), hottest first
     source: str  # "py-spy" (sampled from outside) | "agent" (the in-process SIGPROF sampler)
     samples: int
+    base_http_share: float | None = None  # of the busy samples, those under BaseHTTPMiddleware (py-spy only)
 
 
 def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
@@ -310,16 +311,37 @@ def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
         return CpuHotspots(cats, top, "agent", 0)
     cats_ms: Counter[str] = Counter()
     frames_ms: Counter[tuple[str, str]] = Counter()
+    base_http_ms = 0.0
     for p in profiles:
         for stack, n in p.stacks:
             ms = n * 1000.0 / p.rate_hz
             cat = category(list(stack), library=lambda path: not is_app_path(path, app_dir))
             cats_ms[cat] += ms
+            if cat != "idle" and any(f[0].endswith(_BASE_HTTP) for f in stack):
+                base_http_ms += ms
             named = next((f for f in stack if is_app_path(f[0], app_dir)), stack[0] if stack else None)
             if named is not None:
                 frames_ms[(cat, f"{named[0]}:{named[1]} {named[2]}")] += ms
     top = [(c, w, round(ms, 1)) for (c, w), ms in frames_ms.most_common(20)]
-    return CpuHotspots(dict(cats_ms), top, "py-spy", sum(p.samples for p in profiles))
+    busy = sum(ms for c, ms in cats_ms.items() if c != "idle")
+    return CpuHotspots(dict(cats_ms), top, "py-spy", sum(p.samples for p in profiles),
+                       round(base_http_ms / busy, 4) if busy else None)
+
+
+_BASE_HTTP = "/starlette/middleware/base.py"
+
+
+def base_http_middleware(rec: Recording) -> tuple[str, ...]:
+    """The app's BaseHTTPMiddleware subclasses, as its agents read them at boot."""
+    return next((r.middleware for _, r in records(rec, AgentHello) if r.middleware), ())
+
+
+def db_errors(rec: Recording) -> Counter[str]:
+    """Database errors the agents saw through SQLAlchemy, by kind ("too-many-connections" or a type)."""
+    out: Counter[str] = Counter()
+    for _, r in records(rec, AgentTick):
+        out.update(r.db_errors)
+    return out
 
 
 @dataclass
