@@ -6,9 +6,10 @@ chain, and that frame's local ``t`` says when the request started. A request in 
 than ``SLOW_NS`` is followed down ``cr_await`` to the innermost suspended frame; what it awaits
 says the kind of wait (an outbound HTTP pool, a response, a DB pool or statement, an asyncio
 lock, an executor, a sleep), and the innermost frame of the app's own code is its site. Each
-walk adds the time since the previous one to every waiting request's (kind, site); past
-``MAX_WALKED`` slow requests, a random sample of them is followed, each standing for its share
-(following every one of 200 requests 30 frames deep cost ≈ 20 ms a walk, holding the GIL).
+walk adds the time since the previous one to every waiting request's (kind, site). The cost of a
+walk is bounded whatever the load: at most ``MAX_TASKS`` tasks are looked at and ``MAX_WALKED``
+slow requests followed, random samples each standing for its share of the rest (following every
+one of 200 requests 30 frames deep cost ≈ 20 ms a walk, holding the GIL).
 
 The HTTP client pools (httpcore's, aiohttp's connectors) are found the same way, from the
 frames of requests waiting on them, and read every tick after; executors are found from their
@@ -31,14 +32,18 @@ from . import stacks
 
 SLOW_NS = 5_000_000  # a request in flight longer than this is walked
 WALK_S = 0.050  # between walks while a request waits (else once a tick)
-MAX_TASKS = 256  # tasks looked at per walk, at most ...
-MAX_WALKED = 32  # ... and slow requests followed to where they wait (a sample, weighted, when more)
+MAX_TASKS = 64  # tasks looked at per walk, at most ...
+MAX_WALKED = 16  # ... and slow requests followed to where they wait (samples, weighted, when more)
 MAX_DEPTH = 64  # frames followed down one chain
 HEAD_DEPTH = 10  # the middleware's frame is among the outermost of a request's chain
 LOCKS = {"Lock": "lock", "Semaphore": "semaphore", "BoundedSemaphore": "semaphore", "Condition": "condition",
          "Event": "event", "CapacityLimiter": "semaphore"}
 _SEP = os.sep
 _COROUTINE = types.CoroutineType
+# the weak set of every task, read as it is: asyncio.all_tasks() filters all of them in Python (≈ 1 µs
+# each, a millisecond a walk with a thousand tasks); a walk filters only those it samples
+_TASKS = getattr(asyncio.tasks, "_all_tasks", None) if sys.version_info < (3, 12) else getattr(
+    asyncio.tasks, "_scheduled_tasks", None)
 
 
 class WaitProbe:
@@ -56,13 +61,16 @@ class WaitProbe:
         now = time.perf_counter()
         interval, self.last = now - self.last, now
         try:
-            tasks = list(asyncio.all_tasks(loop))
+            tasks = list(_TASKS) if _TASKS is not None else list(asyncio.all_tasks(loop))
         except RuntimeError:  # the loop changed the set while it was copied: next time
             return
         now_ns = time.perf_counter_ns()
+        looked = random.sample(tasks, MAX_TASKS) if len(tasks) > MAX_TASKS else tasks
         slow = []
-        for task in tasks[:MAX_TASKS]:
+        for task in looked:
             try:
+                if task.done() or task.get_loop() is not loop:
+                    continue
                 head = self._follow(task.get_coro(), [], now_ns)
             except Exception:  # a frame or object of an unexpected shape: skip this request, never the app
                 continue
@@ -70,7 +78,7 @@ class WaitProbe:
                 slow.append((task, head))
         # the rest of each chain, and what it waits on, for a sample of them standing for all
         walked = random.sample(slow, MAX_WALKED) if len(slow) > MAX_WALKED else slow
-        weight = interval * 1000.0 * len(slow) / len(walked) if walked else 0.0
+        weight = interval * 1000.0 * len(tasks) / len(looked) * len(slow) / len(walked) if walked else 0.0
         for task, (frames, obj) in walked:
             try:
                 frames, awaited = self._follow(obj, frames, None)  # type: ignore[misc]

@@ -325,7 +325,7 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     hot = inside.cpu_hotspots(ctx.rec, (start, float("inf")))
     categories, top = hot.categories, hot.frames
     shares = inside.busy_shares(categories)
-    hotspot = next(iter(shares), None)
+    hotspot = next((k for k in shares if k != "agent"), None)  # the agent's own thread is evidence, not a cause
     frame = next(((c, w, ms) for c, w, ms in top if c == hotspot), None)
     # a call site is the app's own frame; a library's hottest frame is context, in the evidence
     site = _frame_site(ctx, frame[1]) if frame else None

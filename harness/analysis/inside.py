@@ -58,12 +58,13 @@ class PoolPoint:
         return self.size + max(self.max_overflow, 0)
 
 
-_LIBRARY_MARKS = ("/site-packages/", "/dist-packages/", "/lib/python3", "<")
+_LIBRARY_MARKS = ("/site-packages/", "/dist-packages/", "/lib/python3", "<", "/fastapi_harness_agent/")
+_AGENT_THREAD = "/fastapi_harness_agent/core.py"  # its thread's outermost frame of the agent's own: Agent._run
 
 
 def is_app_path(path: str, app_dir: str = "") -> bool:
     """True for a file of the app's own code: under its directory (when known) and not an installed
-    package or the standard library."""
+    package, the standard library or the agent's copy in the run directory."""
     p = path.replace("\\", "/")
     if any(mark in p for mark in _LIBRARY_MARKS):
         return False
@@ -315,7 +316,11 @@ def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
     for p in profiles:
         for stack, n in p.stacks:
             ms = n * 1000.0 / p.rate_hz
-            cat = category(list(stack), library=lambda path: not is_app_path(path, app_dir))
+            if any(f[2] == "_run" and f[0].endswith(_AGENT_THREAD) for f in stack):
+                # the agent's own thread (its ticks, its walks): the harness's cost, not the app's
+                cat = "idle" if stack and stack[0][0].endswith("threading.py") else "agent"
+            else:
+                cat = category(list(stack), library=lambda path: not is_app_path(path, app_dir))
             cats_ms[cat] += ms
             if cat != "idle" and any(f[0].endswith(_BASE_HTTP) for f in stack):
                 base_http_ms += ms
