@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 from fastapi import Depends, FastAPI
 from fastapi.responses import StreamingResponse
-from starlette.middleware.base import BaseHTTPMiddleware
 from sqlalchemy import text
 from sqlalchemy.orm import Session
+from starlette.middleware.base import BaseHTTPMiddleware
 
 from sample_app.db import create_schema, make_engine, make_sync_engine
 from sample_app.upstream import start_upstream

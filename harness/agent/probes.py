@@ -101,7 +101,10 @@ class PoolProbe:
             finally:
                 stats["waiting"] -= 1
                 stats["acquire"].record(int((time.perf_counter() - t) * 1e6))
-            site, route = statements.origin(sys._getframe(1), probe.routes)
+            try:
+                site, route = statements.origin(sys._getframe(1), probe.routes)
+            except Exception:  # never into the app's checkout
+                site = route = None
             record.info.pop(statements.RAN, None)
             probe.checked_out_at[id(record)] = (time.perf_counter(), route or site or "")
             return record

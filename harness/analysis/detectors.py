@@ -329,8 +329,8 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     frame = next(((c, w, ms) for c, w, ms in top if c == hotspot), None)
     # a call site is the app's own frame; a library's hottest frame is context, in the evidence
     site = _frame_site(ctx, frame[1]) if frame else None
-    if hotspot == "db" and _threads_outweigh_loop(ctx, start) and _slow_statement(ctx) is not None:
-        return []  # the CPU is the database's own (SQLite, in the worker's threads): db-slow-queries says so
+    if _cpu_is_the_databases(ctx, start, hotspot) and _slow_statement(ctx) is not None:
+        return []  # the CPU is the database's own: db-slow-queries says so
     trips = _round_trips(ctx, (start, float("inf")))
     if trips is not None:  # one statement per row: the round trips are the cost, wherever the CPU shows
         hotspot, site = "db-round-trips", _frame_site(ctx, trips.statement.site) or site
@@ -370,10 +370,15 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
     ]
 
 
-def _threads_outweigh_loop(ctx: Context, start: float) -> bool:
-    """The busiest worker's threads other than its loop used more CPU than the loop from ``start``."""
+def _cpu_is_the_databases(ctx: Context, start: float, hotspot: str | None) -> bool:
+    """From ``start``, the database server's processes used more CPU than the workers, or (SQLite, which
+    runs each connection in a thread of the worker) the busiest worker's threads besides its loop used
+    more than the loop while database code was its hotspot."""
+    served = sum(v for t, v in ctx.tl.server_db_cpu.items() if t >= start)
+    if served:
+        return served > sum(sum(v) for t, v in ctx.tl.worker_cpu_all.items() if t >= start)
     loop = {t: v for t, v in ctx.tl.loop_cpu.items() if t >= start}
-    if not loop:
+    if hotspot != "db" or not loop:
         return False
     whole = _mean_over({t: v for t, v in ctx.tl.worker_cpu.items() if t in loop}, start)
     return whole - _mean_over(loop, start) > _mean_over(loop, start)
@@ -745,6 +750,11 @@ def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
     slow = _slow_statement(ctx)
     if slow is not None and not held:
         return []  # connections are busy running a statement that slows with load: db-slow-queries says so
+    trips = _round_trips(ctx, (onset, float("inf")))
+    if trips is not None and not held:
+        if _mean_over(ctx.tl.worker_cpu, onset) >= WORKER_BUSY:
+            return []  # each request holds its connection for its round trips on a busy worker: cpu-saturated's
+        evidence.insert(0, trips.line())
     (pid, pool_id), pts = next(iter(pools.items()))
     site = _frame_site(ctx, held.who) if held and " /" not in held.who else None
     by = f"`{site.function}()` at {site}" if site else (f"`{held.who}`" if held else "")
@@ -761,8 +771,10 @@ def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
             summary=f"requests queue for a DB connection: the pool ({pts[-1].size} + {pts[-1].max_overflow} overflow) "
                     "is always checked out"
                     + holding,
-            recommendation=f"raise pool_size/max_overflow (now {pts[-1].size}+{pts[-1].max_overflow}) within what the "
-                           "database "
+            recommendation=(f"send fewer statements per request (one statement is sent {trips.per_request:.0f} "
+                            "times per request, once per row: load the rows in one query — a JOIN, "
+                            "`selectinload()`, or `WHERE id IN (...)`); then " if trips else "")
+            + f"raise pool_size/max_overflow (now {pts[-1].size}+{pts[-1].max_overflow}) within what the database "
             "accepts, and hold connections for less time (do not keep one checked out across unrelated awaits)",
             confidence=0.9,
         )

@@ -62,6 +62,7 @@ class Timeline:
     worker_cpu: dict[int, float] = field(default_factory=dict)  # busiest worker
     worker_cpu_all: dict[int, list[float]] = field(default_factory=dict)
     loop_cpu: dict[int, float] = field(default_factory=dict)  # busiest worker's main (loop) thread, once a second
+    server_db_cpu: dict[int, float] = field(default_factory=dict)  # the database server's processes together
     driver_cpu: dict[int, float] = field(default_factory=dict)  # busiest driver
     host_cpu: dict[int, float] = field(default_factory=dict)  # mean over cores, 0..1
     foreign_cpu: dict[int, float] = field(default_factory=dict)  # cores used on the host by everything else
@@ -127,6 +128,9 @@ def _timeline(rec: Recording) -> Timeline:
     for pts in proc_series(rec, "worker", "main_cpu", window).values():
         for t, v in pts:
             tl.loop_cpu[t] = max(tl.loop_cpu.get(t, 0.0), v)
+    for pts in proc_series(rec, "database", "cpu", window).values():
+        for t, v in pts:
+            tl.server_db_cpu[t] = tl.server_db_cpu.get(t, 0.0) + v
     for pts in proc_series(rec, "driver", "cpu", window).values():
         for t, v in pts:
             tl.driver_cpu[t] = max(tl.driver_cpu.get(t, 0.0), v)
