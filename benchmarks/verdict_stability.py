@@ -1,6 +1,6 @@
 """Verdict stability: every sample case diagnosed N times; prints how often each got its known verdict.
 
-    python benchmarks/verdict_stability.py                  # every case, 3 runs each (≈ 25 min on 2 cores)
+    python benchmarks/verdict_stability.py                  # every case, 3 runs each (≈ 45 min on 2 cores)
     python benchmarks/verdict_stability.py --runs 1 lock upstream
 
 Each run is `fastapi-harness diagnose scenarios/<case>.toml --max-time 50s` on loopback, one after
@@ -31,6 +31,12 @@ KNOWN = {
     "upstream": "http-client-pool-exhausted",
     "lock": "lock-contention",
     "executor": "threadpool-exhausted",
+    "db_slow": "db-slow-queries",
+    "db_n_plus_one": "cpu-saturated",
+    "db_stream": "db-pool-exhausted",
+    "sync_db": "threadpool-exhausted",
+    "gc": "gc-pauses",
+    "middleware": "cpu-saturated",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,12 @@ def verdict_of(out: Path) -> dict:
     ("upstream", "http-client-pool-exhausted", None, ("call_upstream", 'upstream["client"].get("/slow")')),
     ("lock", "lock-contention", None, ("locked", "async with LOCK")),
     ("executor", "threadpool-exhausted", None, ("in_executor", "await loop.run_in_executor")),
+    ("db_slow", "db-slow-queries", None, ("db_slow", 'text("SELECT id, kind FROM events')),
+    ("db_n_plus_one", "cpu-saturated", "db-round-trips", ("db_n_plus_one", "names.append((await conn.execute")),
+    ("db_stream", "db-pool-exhausted", None, ("rows", "async with engine.connect() as conn:  # checked out")),
+    ("sync_db", "threadpool-exhausted", None, ("get_session", 'session.execute(text("SELECT id FROM items WHERE')),
+    ("gc", "gc-pauses", None, None),
+    ("middleware", "cpu-saturated", "framework", None),
 ])
 def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, site):
     out = tmp_path / "run"
@@ -62,6 +69,8 @@ def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, s
     if kind == "cpu-saturated":
         # the hotspot and its app line come from py-spy's samples of the workers, taken from outside
         assert any(e.startswith("CPU samples from py-spy") for e in v["evidence"]), v["evidence"]
+    if scenario in WORDS:
+        assert WORDS[scenario] in v["summary"] + " ".join(v["evidence"]) + v["recommendation"], v
     if scenario == "fast":
         # /fast's own code is one line: its CPU is the framework's, unless a short hold's few samples
         # land in that line (the hottest frame is then the app's)
@@ -75,15 +84,27 @@ def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, s
     assert v["summary"].split(":")[0] in p.stdout
 
 
+WORDS = {  # what each new verdict must say beyond its kind
+    "db_slow": "`SELECT id, kind FROM events WHERE payload = ?`",
+    "db_n_plus_one": "`SELECT name FROM items WHERE id = ?` sent",
+    "db_stream": "each held",
+    "sync_db": "a deadlock between the request threads and the pool",
+    "gc": "full garbage collections stall the event loop",
+    "middleware": "BaseHTTPMiddleware (sample_app.main.Tenant, sample_app.main.Timing, sample_app.main.RequestId)",
+    "leak_memory": "in live allocations (the Python heap)",
+}
+
+
 def assert_hold_within_answered(out: Path) -> None:
     """The profile hold offers no more than the last step answered: a rate the server could not
     keep up with would only queue (and time out) for the whole window."""
     rec = Recording.load(out)
     stages = [e for e in rec.events if e.kind == "stage"]
     hold = next((e for e in stages if e.phase == "hold"), None)
-    last = [e for e in stages if e.phase == "step"][-1]
-    if hold is None or hold.offered_rps is None:
+    steps = [e for e in stages if e.phase == "step"]
+    if hold is None or hold.offered_rps is None or not steps:  # (a calibration that collapsed has no steps)
         return
+    last = steps[-1]
     answered = stage_from_seconds(0, last.t_start, last.t_end, last.offered_rps, None, rec.seconds).answered_rps
     assert hold.offered_rps <= round(max(1.0, min(last.offered_rps, answered)), 2), (hold, last, answered)
 
@@ -159,3 +180,32 @@ def test_a_busy_host_is_not_blamed_on_the_app(tmp_path, env):
     v = verdict_of(out)
     assert v["bottleneck"] == "host-contended" and "processes outside the run" in v["evidence"][0]
     assert any("python" in e for e in v["evidence"][1:]) and "the run is invalid" in p.stderr
+
+
+def postgres_flags(postgres: str) -> tuple[str, ...]:
+    asyncpg_url = postgres.replace("postgresql://", "postgresql+asyncpg://")
+    return ("--set", f"app.env.SAMPLE_APP_DATABASE_URL={asyncpg_url}", "--set", f"database.url={postgres}")
+
+
+def test_n_plus_one_on_postgres_names_the_statement_and_its_count(tmp_path, env, postgres):
+    out = tmp_path / "run"
+    p = cli(env, "diagnose", str(ROOT / "scenarios" / "db_n_plus_one.toml"), "--out", str(out), "--max-time", "50s",
+            "--quiet", *postgres_flags(postgres))
+    assert p.returncode == 0, p.stderr[-3000:]
+    v = verdict_of(out)
+    assert v["bottleneck"] == "cpu-saturated" and v["hotspot"] == "db-round-trips", v["summary"]
+    count = re.search(r"`SELECT name FROM items WHERE id = \?` sent (\d+) times per request", v["summary"])
+    assert count and 20 <= int(count.group(1)) <= 26, v["summary"]  # 25 a request (route counts lag a tick)
+    assert v["call_site"]["function"] == "db_n_plus_one"
+
+
+def test_a_slow_statement_on_postgres_is_named_with_pg_stat_activity(tmp_path, env, postgres):
+    out = tmp_path / "run"
+    p = cli(env, "diagnose", str(ROOT / "scenarios" / "db_slow.toml"), "--out", str(out), "--max-time", "50s",
+            "--quiet", *postgres_flags(postgres))
+    assert p.returncode == 0, p.stderr[-3000:]
+    v = verdict_of(out)
+    assert v["bottleneck"] == "db-slow-queries", v["summary"]
+    assert "`SELECT id, kind FROM events WHERE payload = ?`" in v["summary"]
+    assert any(e.startswith("PostgreSQL pg_stat_activity:") for e in v["evidence"]), v["evidence"]
+    assert v["call_site"]["function"] == "db_slow"

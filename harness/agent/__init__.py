@@ -11,10 +11,14 @@ It shares a stream format with the harness, not code (the harness reads it with
 agent's own thread at least 10 times a second:
 
 ``{"type": "hello", "pid", "t", "python", "versions": {...}, "loop": str, "hotspots": str, "watchdog": str,
-  "cpu_timer": str, "options": {...}}``
+  "cpu_timer": str, "options": {...}, "middleware": ["module.BaseHTTPMiddlewareSubclass", ...]}``
     once, when the worker serves its first ASGI event.
 ``{"type": "tick", "t", "seq", "lag_ms": [float], "inflight": int, "threadpool": {...}|null,
-  "pools": [{...}], "gc": {"pause_ms", "collections": [g0, g1, g2]},
+  "pools": [{"id", "size", "checked_out", "overflow", "max_overflow", "timeout_s", "waiting", "acquire": hist,
+  "hold_ms", "returns", "timeouts", "holds": {holder: [returns, ms held, ms its statements ran]}}],
+  "gc": {"pause_ms", "collections": [g0, g1, g2], "full": [[epoch start, ms, collected], ...]},
+  "statements": [{"sql", "site", "n", "ms", "hist", "routes": {route: [n, ms]}}],
+  "db_errors": {"too-many-connections" | DBAPI error type: n}, "memory": {"blocks", "malloc"} (once a second),
   "hot_ms": {category: ms}, "hot_frames_ms": {"category|file:line function": ms},
   "pool_ms": {...}, "pool_frames_ms": {...}, "inflight": int,
   "routes": {route: {"n", "errors", "hist"}}, "exceptions": {route: {type: n}},

@@ -934,7 +934,7 @@ def detect_server_errors(ctx: Context) -> list[Finding]:
             ctx, "server-errors", onset,
             rule=f"error rate above {limit:.0%} from t={onset}s ({', '.join(f'{k} {n:,}' for k, n in kinds.items())})",
             evidence=(refused,) + tuple(f"{route}: {by}" for route, by in exc.items()),
-            summary=f"the database refuses connections: {refused}",
+            summary=f"the database refuses connections: {refused}", cause="too-many-connections",
             recommendation="keep workers × (pool_size + max_overflow) below the server's max_connections (less "
                            "what other clients and superuser_reserved_connections take): smaller pools per worker, "
                            "or a pooler such as PgBouncer in front of the database",

@@ -94,6 +94,48 @@ def test_pool_exhaustion_on_postgres(tmp_path, env, postgres):
     assert max(db_conns) == 2 == summary["resources"]["db_conns_max"]
 
 
+def test_connections_refused_by_postgres_are_explained(tmp_path, env, postgres):
+    """2 workers × a pool of 30 against the test cluster's max_connections = 50."""
+    asyncpg_url = postgres.replace("postgresql://", "postgresql+asyncpg://")
+    summary, _, _ = run(env, tmp_path, "db", "--duration", "6s", "--users", "80", "--workers", "2",
+                        "--set", f"app.env.SAMPLE_APP_DATABASE_URL={asyncpg_url}", "--set", f"database.url={postgres}",
+                        "--set", "app.env.SAMPLE_APP_POOL_SIZE=30", "--set", "app.env.SAMPLE_APP_POOL_TIMEOUT=5")
+    v = summary["verdict"]
+    assert v["bottleneck"] == "server-errors", v["summary"]
+    assert "the database refuses connections" in v["summary"]
+    assert "2 workers × (pool_size + max_overflow = 30) = 60 connections against max_connections = 50" in v["summary"]
+    assert "PgBouncer" in v["recommendation"]
+
+
+def test_asyncpg_used_directly_is_timed(postgres):
+    """asyncpg without SQLAlchemy: its query methods are wrapped, and the app's line is found."""
+    import asyncio
+
+    import asyncpg
+
+    from harness.agent.statements import StatementProbe
+
+    probe = StatementProbe()
+    probe.install()
+
+    async def query() -> None:
+        conn = await asyncpg.connect(postgres)
+        try:
+            for i in range(3):
+                await conn.fetchval("SELECT $1::int + 1", i)  # the app's line
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(query())
+        (st,) = [s for s in probe.read() if s["sql"] == "SELECT ?::int + ?"]
+    finally:
+        for name in ("execute", "executemany", "fetch", "fetchrow", "fetchval"):  # the probe's wrappers off
+            original = getattr(asyncpg.connection.Connection, name)
+            setattr(asyncpg.connection.Connection, name, getattr(original, "__wrapped__", original))
+    assert st["n"] == 3 and st["site"].startswith(f"{__file__}:") and st["site"].endswith(" query")
+
+
 def test_missing_postgres_is_named(tmp_path, env):
     _, _, p = run(
         env, tmp_path, "db_postgres", "--set", "database.url=postgresql://postgres@127.0.0.1:1/postgres", expect=2
