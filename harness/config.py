@@ -101,6 +101,7 @@ class AgentConfig:
     hotspot_hz: float = 50.0
     profile_at_s: float = 0.0
     profile_for_s: float = 5.0
+    tracemalloc: bool = False  # the profile window also diffs two tracemalloc snapshots (slows allocation meanwhile)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ AGENT_FIELDS = {
     "hotspot_hz": _Field("hotspot_hz", _number(0), "hotspot_hz = 50"),
     "profile_at": _Field("profile_at_s", _duration(False), 'profile_at = "5s"'),
     "profile_for": _Field("profile_for_s", _duration(True), 'profile_for = "5s"'),
+    "tracemalloc": _Field("tracemalloc", _bool, "tracemalloc = true"),
 }
 DATABASE_FIELDS = {
     "url": _Field("url", _str, 'url = "postgresql://user@127.0.0.1:5432/app"'),

@@ -119,7 +119,7 @@ def install_agent(run_dir: Path) -> Path:
 def agent_options(app: AppConfig, agent: AgentConfig, run_dir: Path) -> dict[str, object]:
     """What the agent reads from its environment variable."""
     return {"target": app.target, "factory": app.factory, "run_dir": str(run_dir), "app_dir": app.app_dir,
-            "stall_ms": agent.stall_threshold_ms, "hot_hz": agent.hotspot_hz}
+            "stall_ms": agent.stall_threshold_ms, "hot_hz": agent.hotspot_hz, "tracemalloc": agent.tracemalloc}
 
 
 class LocalServer(Target):

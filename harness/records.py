@@ -512,6 +512,7 @@ class AgentProfile:
     seconds: float
     files: tuple[str, ...]
     errors: Mapping[str, str]
+    grew: tuple[tuple[str, int, int, int], ...] = ()  # (file, line, bytes, blocks): tracemalloc's top growth
 
 
 AgentRecord = Union[AgentHello, AgentTick, AgentStall, AgentGap, AgentProfile]
@@ -588,8 +589,9 @@ def _gap(d: Mapping[str, Any], fmt: int) -> AgentGap:
 
 
 def _profile(d: Mapping[str, Any], fmt: int) -> AgentProfile:
-    _check("agent profile", d, _keys("id", "seconds", "files", "errors"))
-    return AgentProfile(int(d["id"]), float(d.get("seconds", 0.0)), tuple(d.get("files", ())), d.get("errors") or {})
+    _check("agent profile", d, _keys("id", "seconds", "files", "errors", "grew"))
+    return AgentProfile(int(d["id"]), float(d.get("seconds", 0.0)), tuple(d.get("files", ())), d.get("errors") or {},
+                        tuple((str(f), int(line), int(size), int(n)) for f, line, size, n in d.get("grew", ())))
 
 
 _AGENT_READERS: dict[str, Callable[[Mapping[str, Any], int], AgentRecord]] = {

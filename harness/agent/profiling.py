@@ -3,7 +3,10 @@
 Each worker then profiles a window of that many seconds with whatever the app has:
 pyinstrument on the loop thread (wall clock; HTML and JSON) and yappi on the wall clock
 across threads with coroutine awareness (a table of functions by total wall time, so time
-spent awaiting a pool shows up). Rendering happens on the agent's thread, not the loop.
+spent awaiting a pool shows up). With the ``tracemalloc`` option, tracemalloc traces the
+window too (from its start: allocations made before are not seen), and the app lines whose
+live memory grew most between its two snapshots go into the profile record. Rendering happens
+on the agent's thread, not the loop.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Dict, List, Optional
 CONTROL = "agent-control.json"
 CHECK_S = 1.0  # how often the control file is looked for: each look is a syscall, and a GIL hand-off
 YAPPI_TOP = 40
+GREW_TOP = 10  # allocation sites kept from the tracemalloc diff
 
 
 class ProfileControl:
@@ -29,6 +33,7 @@ class ProfileControl:
         self.pyinstrument: Any = None
         self.session: Any = None
         self.ready = threading.Event()
+        self.snapshot: Any = None  # tracemalloc's, at the window's start
 
     def poll(self) -> None:
         """Called on every tick of the agent's thread: start or finish a profile window."""
@@ -65,6 +70,12 @@ class ProfileControl:
             yappi.start(builtins=False, profile_threads=True)
         except ImportError:
             self.window["errors"].append("yappi is not installed in the app's environment")
+        if self.agent.options.get("tracemalloc"):
+            import tracemalloc
+
+            if not tracemalloc.is_tracing():
+                tracemalloc.start(1)
+                self.snapshot = tracemalloc.take_snapshot()
 
     def _start_on_loop(self) -> None:
         self.pyinstrument.start()
@@ -115,4 +126,25 @@ class ProfileControl:
         except ImportError:
             pass
         self.agent.emit({"type": "profile", "id": window["id"], "seconds": window["seconds"],
-                         "files": [os.path.basename(p) for p in files], "errors": window["errors"]})
+                         "files": [os.path.basename(p) for p in files], "errors": window["errors"],
+                         "grew": self._grew()})
+
+    def _grew(self) -> List[List[Any]]:
+        """[file, line, bytes, blocks] of the allocation sites whose live memory grew most in the window."""
+        if self.snapshot is None:
+            return []
+        import tracemalloc
+
+        try:
+            diff = tracemalloc.take_snapshot().compare_to(self.snapshot, "lineno")
+        finally:
+            tracemalloc.stop()
+            self.snapshot = None
+        out = []
+        for stat in diff:
+            if stat.size_diff <= 0 or len(out) >= GREW_TOP:
+                continue
+            frame = stat.traceback[0]
+            if "fastapi_harness_agent" not in frame.filename and "tracemalloc" not in frame.filename:
+                out.append([frame.filename, frame.lineno, stat.size_diff, stat.count_diff])
+        return out

@@ -873,12 +873,18 @@ def detect_memory_growth(ctx: Context) -> list[Finding]:
             "the Python heap is not what grows: cap glibc's arenas (`MALLOC_ARENA_MAX=2`), try jemalloc "
             "(`LD_PRELOAD`), look for native buffers or mmaps that are never freed, or recycle workers "
             "(gunicorn `--max-requests`)")
+    app_dir = ctx.rec.scenario.app.app_dir if not ctx.rec.scenario.url else ""
+    sites = inside.grew(ctx.rec)
+    top = next((s for s in sites if inside.is_app_path(s[0], app_dir)), None)
     return [_finding(
         ctx, "memory-growth", onset,
         rule=f"worker RSS grew {slope:.1f} MB/s (95% interval {lo:.1f}–{hi:.1f}, excluding 0) from {tail[0][1]:.0f} "
              f"to {tail[-1][1]:.0f} MB",
-        evidence=(f"live allocations (pymalloc blocks × {BLOCK_BYTES} B + what malloc has handed out) grew "
-                  f"{live:.1f} MB/s of RSS's {slope:.1f}",) if live is not None else (),
+        call_site=_site(top[0], top[1], "") if top else None,
+        evidence=((f"live allocations (pymalloc blocks × {BLOCK_BYTES} B + what malloc has handed out) grew "
+                   f"{live:.1f} MB/s of RSS's {slope:.1f}",) if live is not None else ())
+        + tuple(f"tracemalloc over the profile window: +{size / 2**20:.1f} MB in {n:+,} blocks allocated at "
+                f"{path}:{line}" for path, line, size, n in sites[:3]),
         summary=f"memory grows without bound under load ({slope:.1f} MB/s)" + (f", {where}" if where else ""),
         recommendation=recommendation,
         confidence=0.85)]

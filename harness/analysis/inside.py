@@ -217,6 +217,18 @@ def profiles(rec: Recording) -> list[dict[str, Any]]:
              "errors": dict(r.errors)} for pid, r in records(rec, AgentProfile)]
 
 
+def grew(rec: Recording) -> list[tuple[str, int, int, int]]:
+    """(file, line, bytes, blocks) of the allocation sites whose memory grew most in the profile
+    windows (tracemalloc, when ``[agent] tracemalloc`` was on), all workers together, most first."""
+    total: dict[tuple[str, int], list[int]] = {}
+    for _, r in records(rec, AgentProfile):
+        for path, line, size, n in r.grew:
+            acc = total.setdefault((path, line), [0, 0])
+            acc[0] += size
+            acc[1] += n
+    return sorted(((p, line, size, n) for (p, line), (size, n) in total.items()), key=lambda x: -x[2])
+
+
 @dataclass(frozen=True)
 class Wait:
     """In-flight time spent waiting, of one kind at one app line, over a window."""

@@ -152,3 +152,21 @@ def test_base_http_middleware_is_found_in_mounted_apps():
 
     assert base_http_middleware(app) == [
         "sample_app.main.Tenant", "sample_app.main.Timing", "sample_app.main.RequestId"]
+
+
+def test_the_profile_window_names_where_memory_grew():
+    import tracemalloc
+
+    from harness.agent.profiling import ProfileControl
+
+    control = ProfileControl(types.SimpleNamespace(options={"tracemalloc": True}))
+    assert not tracemalloc.is_tracing()
+    tracemalloc.start(1)
+    control.snapshot = tracemalloc.take_snapshot()
+    kept = [bytearray(4096) for _ in range(500)]  # 2 MB kept: the line the window must name
+    grew = control._grew()
+    assert not tracemalloc.is_tracing() and control.snapshot is None
+    path, line, size, blocks = grew[0]
+    assert path == __file__ and "bytearray(4096)" in open(__file__).read().splitlines()[line - 1]
+    assert size >= 500 * 4096 and blocks >= 500
+    del kept
