@@ -182,17 +182,18 @@ def test_a_busy_host_is_not_blamed_on_the_app(tmp_path, env):
     assert any("python" in e for e in v["evidence"][1:]) and "the run is invalid" in p.stderr
 
 
-def postgres_flags(postgres: str) -> tuple[str, ...]:
+def diagnose_on_postgres(tmp_path: Path, env, postgres: str, scenario: str) -> dict:
+    """The verdict of ``scenario`` diagnosed with the sample app on the test cluster (asyncpg), watched."""
+    out = tmp_path / "run"
     asyncpg_url = postgres.replace("postgresql://", "postgresql+asyncpg://")
-    return ("--set", f"app.env.SAMPLE_APP_DATABASE_URL={asyncpg_url}", "--set", f"database.url={postgres}")
+    p = cli(env, "diagnose", str(ROOT / "scenarios" / f"{scenario}.toml"), "--out", str(out), "--max-time", "50s",
+            "--quiet", "--set", f"app.env.SAMPLE_APP_DATABASE_URL={asyncpg_url}", "--set", f"database.url={postgres}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return verdict_of(out)
 
 
 def test_n_plus_one_on_postgres_names_the_statement_and_its_count(tmp_path, env, postgres):
-    out = tmp_path / "run"
-    p = cli(env, "diagnose", str(ROOT / "scenarios" / "db_n_plus_one.toml"), "--out", str(out), "--max-time", "50s",
-            "--quiet", *postgres_flags(postgres))
-    assert p.returncode == 0, p.stderr[-3000:]
-    v = verdict_of(out)
+    v = diagnose_on_postgres(tmp_path, env, postgres, "db_n_plus_one")
     assert v["bottleneck"] == "cpu-saturated" and v["hotspot"] == "db-round-trips", v["summary"]
     count = re.search(r"`SELECT name FROM items WHERE id = \?` sent (\d+) times per request", v["summary"])
     assert count and 20 <= int(count.group(1)) <= 26, v["summary"]  # 25 a request (route counts lag a tick)
@@ -200,11 +201,7 @@ def test_n_plus_one_on_postgres_names_the_statement_and_its_count(tmp_path, env,
 
 
 def test_a_slow_statement_on_postgres_is_named_with_pg_stat_activity(tmp_path, env, postgres):
-    out = tmp_path / "run"
-    p = cli(env, "diagnose", str(ROOT / "scenarios" / "db_slow.toml"), "--out", str(out), "--max-time", "50s",
-            "--quiet", *postgres_flags(postgres))
-    assert p.returncode == 0, p.stderr[-3000:]
-    v = verdict_of(out)
+    v = diagnose_on_postgres(tmp_path, env, postgres, "db_slow")
     assert v["bottleneck"] == "db-slow-queries", v["summary"]
     assert "`SELECT id, kind FROM events WHERE payload = ?`" in v["summary"]
     assert any(e.startswith("PostgreSQL pg_stat_activity:") for e in v["evidence"]), v["evidence"]

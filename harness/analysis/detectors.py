@@ -566,10 +566,11 @@ class Deadlock:
 def _deadlock(ctx: Context) -> Deadlock | None:
     """Seconds in which a worker's thread tokens were all borrowed with tasks waiting while one of its
     pools was all checked out, had waiters, and got no connection back, sustained."""
-    tokens = {pid: pts for pid, pts in inside.threadpool(ctx.rec).items()}
+    tokens = inside.threadpool(ctx.rec)
+    pools = inside.pools(ctx.rec)
     stuck: dict[int, float] = {}
-    seen = None
-    for (pid, _), pts in inside.pools(ctx.rec).items():
+    sizes = None  # (thread tokens, pool size, overflow) of a stuck worker
+    for (pid, _), pts in pools.items():
         full_threads = {int(t // 1) for t, total, borrowed, waiting in tokens.get(pid, ())
                         if borrowed >= total and waiting > 0}
         by_sec: dict[int, list[inside.PoolPoint]] = {}
@@ -580,13 +581,11 @@ def _deadlock(ctx: Context) -> Deadlock | None:
                    and not sum(p.returns for p in ps))
             stuck[sec] = max(stuck.get(sec, 0.0), 1.0 if hit else 0.0)
             if hit:
-                total = max(t for _, t, _, _ in tokens[pid])
-                seen = (total, ps[-1].size, ps[-1].max_overflow, max(p.waiting for p in ps), seen)
+                sizes = (max(t for _, t, _, _ in tokens[pid]), ps[-1].size, ps[-1].max_overflow)
     onset = sustained_onset(ctx.steady(stuck), lambda v: v >= 1.0)
-    if onset is None or seen is None:
+    if onset is None or sizes is None:
         return None
-    waiting = max(p.waiting for pts in inside.pools(ctx.rec).values() for p in pts)
-    return Deadlock(onset, seen[0], seen[1], seen[2], waiting)
+    return Deadlock(onset, *sizes, max(p.waiting for pts in pools.values() for p in pts))
 
 
 @dataclass(frozen=True)
@@ -600,15 +599,19 @@ class SlowStatement:
 
 def _slow_statement(ctx: Context) -> SlowStatement | None:
     """The statement with the most time, when its mean time grew SLOW_GROWTH-fold over its time at the
-    lowest load while statements took most of the time connections were held (the database, not the
-    pool or the app around it, is what requests wait for)."""
+    lowest load while statements ran at least SLOW_SHARE of the time connections were held and the
+    database itself worked harder (the database, not the pool or the app around it, is what requests
+    wait for)."""
     ranked = inside.statements(ctx.rec)
     if not ranked:
         return None
     key = (ranked[0].sql, ranked[0].site)
     per_sec = inside.statements_per_second(ctx.rec)
-    means = {t: ms / n for t, d in ctx.steady({t: 0.0 for t in per_sec}).items()
-             if (n := per_sec[t].get(key, (0, 0.0))[0]) for ms in [per_sec[t][key][1]]}
+    means: dict[int, float] = {}  # the statement's mean ms, per second outside calibration bursts
+    for t in ctx.steady({t: 0.0 for t in per_sec}):
+        n, ms = per_sec[t].get(key, (0, 0.0))
+        if n:
+            means[t] = ms / n
     if len(means) < 3:
         return None
     base = statistics.median([means[t] for t in sorted(means)[:3]])

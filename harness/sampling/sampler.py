@@ -50,9 +50,7 @@ class Sampler(threading.Thread):
         self._procs: dict[int, psutil.Process] = {}
         self._workers_seen: set[int] = set()
         self._last_conns = 0.0
-        self._run_delay: dict[int, tuple[float, int]] = {}  # pid → (when, run_delay ns) at the last read
-        self._main_ticks: dict[int, tuple[float, int]] = {}  # pid → (when, main thread's CPU ticks) at the last read
-        self._reaped: dict[int, tuple[float, float]] = {}  # pid → (when, its exited children's CPU s)
+        self._totals: dict[tuple[str, int], tuple[float, float]] = {}  # (what, pid) → (when, seconds) last read
         self._others: dict[int, psutil.Process] = {}  # processes outside the run, while the host is busy
         self.errors: collections.Counter[str] = collections.Counter()
 
@@ -142,23 +140,15 @@ class Sampler(threading.Thread):
                     total += int(f.read().split()[1])
         except (OSError, IndexError, ValueError):
             return None
-        now = time.monotonic()
-        last = self._run_delay.get(pid)
-        self._run_delay[pid] = (now, total)
-        if last is None or now <= last[0]:
-            return None
-        return round(max(0, total - last[1]) / 1e9 / (now - last[0]), 4)
+        rate = self._rate(("runq", pid), total / 1e9)
+        return round(rate, 4) if rate is not None else None
 
     def _reaped_cpu(self, p: psutil.Process) -> float:
         """Cores used since the last read by the process's children that have exited (a database
         server's parallel query workers and closed backends live less than a second: the server's
         own figures must include them, or the host looks busy with somebody else's work)."""
         times = p.cpu_times()
-        total = times.children_user + times.children_system
-        now = time.monotonic()
-        last = self._reaped.get(p.pid)
-        self._reaped[p.pid] = (now, total)
-        return max(0.0, total - last[1]) / (now - last[0]) if last and now > last[0] else 0.0
+        return self._rate(("reaped", p.pid), times.children_user + times.children_system) or 0.0
 
     def _main_cpu(self, pid: int) -> float | None:
         """Cores its main thread used since the last read (/proc/PID/task/PID/stat)."""
@@ -168,12 +158,18 @@ class Sampler(threading.Thread):
             ticks = int(fields[11]) + int(fields[12])  # utime, stime
         except (OSError, IndexError, ValueError):
             return None
+        rate = self._rate(("main", pid), ticks / CLOCK_TICKS)
+        return round(rate, 4) if rate is not None else None
+
+    def _rate(self, key: tuple[str, int], total: float) -> float | None:
+        """Per second, how much a running ``total`` (seconds of something) grew since its last reading;
+        None at the first."""
         now = time.monotonic()
-        last = self._main_ticks.get(pid)
-        self._main_ticks[pid] = (now, ticks)
+        last = self._totals.get(key)
+        self._totals[key] = (now, total)
         if last is None or now <= last[0]:
             return None
-        return round((ticks - last[1]) / CLOCK_TICKS / (now - last[0]), 4)
+        return max(0.0, total - last[1]) / (now - last[0])
 
     def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> ProcessSample:
         with p.oneshot():
