@@ -166,7 +166,11 @@ def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, A
 
 
 def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """--get and --post as [[requests]]; none is a mistake (loading "/" by default reported on 404s),
+    unless --driver-cmd's own tool sends the requests."""
     reqs = [{"path": p} for p in args.get] + [{"path": p, "method": "POST"} for p in args.post]
+    if not reqs and not getattr(args, "driver_cmd", None):
+        raise ConfigError("no request to send: add --get PATH (or --post PATH; each repeatable), e.g. --get /health")
     return reqs or [{"path": "/"}]
 
 

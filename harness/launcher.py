@@ -5,9 +5,12 @@ on an exception, on Ctrl-C or SIGTERM turned into an exception — stops the who
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -122,6 +125,66 @@ def agent_options(app: AppConfig, agent: AgentConfig, run_dir: Path) -> dict[str
             "stall_ms": agent.stall_threshold_ms, "hot_hz": agent.hotspot_hz, "tracemalloc": agent.tracemalloc}
 
 
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+# Python's words, and uvicorn's when it imports the app itself (--no-agent)
+_NO_MODULE = re.compile(r"No module named '([^']+)'|Could not import module \"([^\"]+)\"")
+_NO_ATTRIBUTE = re.compile(r"has no attribute '([^']+)'|Attribute \"([^\"]+)\" not found")
+
+
+def boot_failure(log: Path, app: AppConfig) -> str:
+    """Why the app did not start, in one line: the last error its output shows, and what to do."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    error = next((line for line in reversed(lines) if _ERROR_LINE.match(line)), lines[-1] if lines else "")
+    if not error:
+        return "it printed nothing"
+    message = _ERROR_LINE.sub(r"\2", error)
+    module, _, attribute = app.target.partition(":")
+    missing = _NO_MODULE.search(error)
+    name = (missing.group(1) or missing.group(2)) if missing else ""
+    if missing and module.split(".")[0] == name.split(".")[0]:
+        near = difflib.get_close_matches(name, _modules_in(app.app_dir), n=1)
+        return (f"{message} (no module '{name}' in {app.app_dir}" + (f"; did you mean '{near[0]}'?" if near else "")
+                + ") — give --app MODULE:ATTRIBUTE (or [app] target) of a module in --app-dir (or [app] app_dir)")
+    if missing:
+        return (f"{message} — the app imports it and {app.python or 'this Python'} does not have it: install it "
+                "there, or give --python the app's own interpreter")
+    absent = _NO_ATTRIBUTE.search(error)
+    if absent and (absent.group(1) or absent.group(2)) == attribute.split(".")[0]:
+        names = _module_names(Path(app.app_dir) / (module.replace(".", "/") + ".py"))
+        near = difflib.get_close_matches(attribute, names, n=1)
+        return (f"{message}" + (f"; did you mean '{near[0]}'?" if near else "")
+                + (f" ({module} defines: {', '.join(names[:12])})" if names else ""))
+    return message
+
+
+def _modules_in(folder: str) -> list[str]:
+    """The importable modules and packages directly in ``folder``."""
+    try:
+        return sorted(p.stem for p in Path(folder).iterdir()
+                      if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.stem.isidentifier())
+    except OSError:
+        return []
+
+
+def _module_names(path: Path) -> list[str]:
+    """The names a module's top level assigns (read, not imported: the app's import already failed once)."""
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AnnAssign, ast.AugAssign)) else []
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.append(node.name)
+    return list(dict.fromkeys(names))
+
+
 class LocalServer(Target):
     """The target's server tree booted here: master plus workers (or one process for a single worker)."""
 
@@ -181,11 +244,8 @@ class LocalServer(Target):
         with httpx.Client(timeout=1.0) as client:
             while True:
                 if self.proc and self.proc.poll() is not None:
-                    raise BootError(
-                        f"the app exited during start-up (code {self.proc.returncode}) running "
-                        f"`{' '.join(self.command)}`; fix the error below and run "
-                        f"again:\n{stderr_tail(self.stderr_path)}"
-                    )
+                    raise BootError(f"the app exited during start-up (code {self.proc.returncode}): "
+                                    f"{boot_failure(self.stderr_path, app)}; its whole output: {self.stderr_path}")
                 if time.monotonic() > deadline:
                     raise BootError(
                         f"the app did not answer GET {app.readiness.path} within {app.readiness.timeout_s:g} s; "

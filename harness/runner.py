@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from harness.config import Scenario
-from harness.errors import HarnessError, Interrupted, TargetDiedError
+from harness.errors import BootError, HarnessError, Interrupted, TargetDiedError
 from harness.launcher import LocalServer, raise_fd_limit
 from harness.load.jtl import join_parts
 from harness.load.manager import default_drivers
@@ -145,6 +145,9 @@ def run_scenario(
                 raise
             except TargetDiedError:
                 status = "target-died"
+                raise
+            except BootError:
+                status = "boot-failed"
                 raise
     finally:
         with shielded():

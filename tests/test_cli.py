@@ -122,6 +122,25 @@ def test_app_that_fails_to_import(tmp_path, env):
     assert "harness/launcher.py" not in p.stderr  # the app's traceback, not ours
 
 
+@pytest.mark.parametrize("target,words", [
+    ("custom_ap:app", ["No module named 'custom_ap'", "did you mean 'custom_app'?", "--app-dir"]),
+    ("custom_app:application", ["has no attribute 'application'", "custom_app defines:", " app"]),
+])
+def test_a_mistyped_app_is_one_line_naming_the_fix(tmp_path, env, target, words):
+    out = tmp_path / "run"
+    p = run_cli(env, "run", "--app", target, "--app-dir", str(APPS), "--get", "/", "--out", str(out))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert all(w in p.stderr for w in words) and "Traceback" not in p.stderr, p.stderr
+    assert str(out / "server.stderr.log") in p.stderr  # the whole output stays, and is pointed at
+    assert json.loads((out / "run.json").read_text())["status"] == "boot-failed"
+
+
+def test_an_inline_app_without_a_request_is_refused(tmp_path, env):
+    p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--out", str(tmp_path / "run"))
+    assert p.returncode == 2 and "no request to send: add --get PATH" in p.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_port_in_use(tmp_path, env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,7 +161,7 @@ def test_unreachable_url(tmp_path, env):
 
 
 def test_remote_url_needs_explicit_opt_in(tmp_path, env):
-    p = run_cli(env, "run", "--url", "http://192.0.2.1:80", "--out", str(tmp_path / "run"))
+    p = run_cli(env, "run", "--url", "http://192.0.2.1:80", "--get", "/", "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and "--allow-remote" in p.stderr
 
 
