@@ -348,6 +348,12 @@ def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
 _BASE_HTTP = "/starlette/middleware/base.py"
 
 
+def app_runtime(rec: Recording) -> tuple[str, dict[str, str]] | None:
+    """The Python version and key package versions of the app's own interpreter, as its agent read them."""
+    hello = next((r for _, r in records(rec, AgentHello)), None)
+    return (hello.python, dict(hello.versions)) if hello else None
+
+
 def base_http_middleware(rec: Recording) -> tuple[str, ...]:
     """The app's BaseHTTPMiddleware subclasses, as its agents read them at boot."""
     return next((r.middleware for _, r in records(rec, AgentHello) if r.middleware), ())

@@ -7,6 +7,7 @@ import html
 import json
 from typing import Any
 
+from harness.analysis import inside
 from harness.analysis.verdict import Diagnosis
 from harness.recording import Recording
 from harness.report.plots import inside_png, knee_png, timeline_png
@@ -190,6 +191,15 @@ def verdict_section(diagnosis: Diagnosis | None) -> str:
     return "\n".join(parts)
 
 
+def _app_runtime(rec: Recording) -> str:
+    """Python and the key packages of the app's interpreter (which --python may make another than the harness's)."""
+    runtime = inside.app_runtime(rec)
+    if runtime is None:
+        return "not seen (no agent stream)"
+    python, versions = runtime
+    return f"Python {python}" + "".join(f", {k} {v}" for k, v in versions.items())
+
+
 def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | None = None) -> str:
     """The whole report page, verdict first."""
     onset = diagnosis.verdict.onset.t_s if diagnosis and diagnosis.verdict.onset else None
@@ -236,7 +246,8 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | 
 <h2>Run</h2>
 <table>{_rows([
         ("machine", f"{machine.cpus} CPUs, {machine.memory_gb} GB, Python {machine.python}"),
-        ("packages", ", ".join(f"{k} {v}" for k, v in machine.harness_packages.items())),
+        ("the app's interpreter", _app_runtime(rec)),
+        ("the harness's packages", ", ".join(f"{k} {v}" for k, v in machine.harness_packages.items())),
         ("server command", " ".join(run.server.command) or run.server.url),
         ("FD limit", json.dumps(dict(run.limits))),
     ])}</table>
