@@ -194,7 +194,9 @@ def diagnose_on_postgres(tmp_path: Path, env, postgres: str, scenario: str) -> d
 
 def test_n_plus_one_on_postgres_names_the_statement_and_its_count(tmp_path, env, postgres):
     v = diagnose_on_postgres(tmp_path, env, postgres, "db_n_plus_one")
-    assert v["bottleneck"] == "cpu-saturated" and v["hotspot"] == "db-round-trips", v["summary"]
+    # asyncpg is fast: the CPU (round trips on a busy worker) or the pool (each request holding its
+    # connection through its round trips) gives first, a second apart; either way the N+1 is what it names
+    assert (v["bottleneck"], v["hotspot"]) in (("cpu-saturated", "db-round-trips"), ("db-pool-exhausted", None)), v
     count = re.search(r"`SELECT name FROM items WHERE id = \?` sent (\d+) times per request", v["summary"])
     assert count and 20 <= int(count.group(1)) <= 26, v["summary"]  # 25 a request (route counts lag a tick)
     assert v["call_site"]["function"] == "db_n_plus_one"

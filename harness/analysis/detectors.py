@@ -762,6 +762,10 @@ def detect_db_pool_exhausted(ctx: Context) -> list[Finding]:
     site = _frame_site(ctx, held.who) if held and " /" not in held.who else None
     by = f"`{site.function}()` at {site}" if site else (f"`{held.who}`" if held else "")
     holding = f", each held {held.ms:.0f} ms by {by} while its statements run {held.ran:.1f} ms" if held else ""
+    if trips is not None and not held:  # each request holds its connection through its round trips
+        site = _frame_site(ctx, trips.statement.site)
+        holding = (f", each held by a request through `{trips.statement.sql}` sent {trips.per_request:.0f} times per "
+                   "request" + (f" in `{site.function}()` at {site}" if site else ""))
     return [
         _finding(
             ctx,
