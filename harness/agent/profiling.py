@@ -141,8 +141,10 @@ class ProfileControl:
             tracemalloc.stop()
             self.snapshot = None
         out = []
-        for stat in diff:
-            if stat.size_diff <= 0 or len(out) >= GREW_TOP:
+        for stat in diff:  # largest change first (either way)
+            if len(out) >= GREW_TOP:
+                break
+            if stat.size_diff <= 0:
                 continue
             frame = stat.traceback[0]
             if "fastapi_harness_agent" not in frame.filename and "tracemalloc" not in frame.filename:
