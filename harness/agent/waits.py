@@ -247,21 +247,30 @@ def _pool_gauges(pool: Any, kind: str) -> Dict[str, int]:
 
 
 def executors() -> List[Dict[str, Any]]:
-    """Every ThreadPoolExecutor that has threads, found from its workers: size, busy, queued."""
+    """Every ThreadPoolExecutor that has threads, found from its workers: size, busy, queued.
+
+    A worker is busy unless its innermost frame is ``_worker`` itself, blocked on the queue: the
+    executor's idle semaphore counts completions, not idle threads, and reads 0 busy under a queue.
+    """
     module = sys.modules.get("concurrent.futures.thread")
     if module is None:
         return []
     worker = getattr(module, "_worker", None)
+    frames = sys._current_frames()
     seen: Dict[int, Any] = {}
+    busy: Dict[int, int] = {}
     for t in threading.enumerate():
         if getattr(t, "_target", None) is worker and getattr(t, "_args", None):
             ex = t._args[0]()  # a weak reference to its executor
             if ex is not None:
                 seen[id(ex)] = ex
+                frame = frames.get(t.ident or 0)
+                idle = frame is not None and frame.f_code is worker.__code__
+                busy[id(ex)] = busy.get(id(ex), 0) + (not idle)
     out = []
-    for ex in seen.values():
+    for key, ex in seen.items():
+        queued = ex._work_queue.qsize()
         threads = len(ex._threads)
-        idle = getattr(getattr(ex, "_idle_semaphore", None), "_value", 0)
         out.append({"name": ex._thread_name_prefix or "ThreadPoolExecutor", "max_workers": ex._max_workers,
-                    "threads": threads, "busy": max(0, threads - idle), "queued": ex._work_queue.qsize()})
+                    "threads": threads, "busy": threads if queued else busy[key], "queued": queued})
     return out

@@ -119,6 +119,30 @@ def test_a_fast_request_is_not_walked(loop):
     assert isinstance(executors(), list)
 
 
+def test_an_executors_busy_threads_are_counted_after_many_completions():
+    """The executor's idle semaphore counts completed items, not idle threads; the gauge must not."""
+    release = threading.Event()
+    ex = ThreadPoolExecutor(2, thread_name_prefix="gauge")
+    try:
+        for f in [ex.submit(int) for _ in range(20)]:
+            f.result()
+        held = [ex.submit(release.wait) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while sum(f.running() for f in held) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        gauge = next(e for e in executors() if e["name"] == "gauge")
+        assert (gauge["threads"], gauge["busy"], gauge["queued"]) == (2, 2, 0)
+        release.set()
+        for f in held:
+            f.result()
+        while next(e for e in executors() if e["name"] == "gauge")["busy"] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert next(e for e in executors() if e["name"] == "gauge")["busy"] == 0
+    finally:
+        release.set()
+        ex.shutdown()
+
+
 def test_an_aiohttp_connectors_limit_is_found_from_the_requests_waiting_on_it(loop):
     import aiohttp  # in the test extra
     agent = FakeAgent()
