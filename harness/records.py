@@ -19,7 +19,7 @@ written into run.json; the previous format is read by dropping the fields it ret
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 from harness.errors import RecordError
 from harness.histogram import Histogram
@@ -175,16 +175,18 @@ class DriverDone:
     aborted: int
     outcomes: Mapping[str, int]
     hot_path: str = ""  # "c" | "python"; empty for results read from another tool
+    statuses: Sequence[tuple[str, int, int]] = ()  # (request label, status ≥ 400, responses)
 
     def to_json(self) -> Json:
         return {"type": "done", "driver": self.driver, "sent": self.sent, "aborted": self.aborted,
-                "outcomes": dict(self.outcomes), "hot_path": self.hot_path}
+                "outcomes": dict(self.outcomes), "hot_path": self.hot_path, "statuses": [list(s) for s in self.statuses]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> DriverDone:
         _check("driver done", d, _keys(*cls.__dataclass_fields__))
         return cls(int(d["driver"]), int(d["sent"]), int(d.get("aborted", 0)),
-                   {k: int(n) for k, n in d.get("outcomes", {}).items()}, d.get("hot_path", ""))
+                   {k: int(n) for k, n in d.get("outcomes", {}).items()}, d.get("hot_path", ""),
+                   tuple((str(label), int(status), int(n)) for label, status, n in d.get("statuses", ())))
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,15 @@ def test_an_inline_app_without_a_request_is_refused(tmp_path, env):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_answered_with_404s_is_invalid_naming_the_status_and_path(tmp_path, env):
+    out = tmp_path / "run"
+    p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--get", "/nope", "--users", "2",
+                "--duration", "2s", "--out", str(out), "--quiet")
+    assert p.returncode == 3 and "the run is invalid: most requests were answered 4xx" in p.stderr, p.stderr
+    v = json.loads((out / "summary.json").read_text())["verdict"]
+    assert v["bottleneck"] == "client-errors" and "404 for GET /nope" in v["summary"], v["summary"]
+
+
 def test_port_in_use(tmp_path, env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
 
-CAUSAL_ORDER = ("load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked", "cpu-saturated",
+CAUSAL_ORDER = ("client-errors", "load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked", "cpu-saturated",
                 "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted", "http-client-pool-exhausted",
                 "lock-contention", "fd-exhausted", "memory-growth", "server-errors")
 
@@ -39,6 +39,7 @@ PLATEAU_CPU_RISE = 1.05  # ... while the busiest worker's CPU rises by less than
 FD_NEAR = 0.80  # of RLIMIT_NOFILE
 POOL_WAIT_MS = 10.0  # acquire-time p99 that means requests queue for connections
 ERROR_RATE = 0.01
+CLIENT_ERROR_SHARE = 0.5  # of the responses 4xx: the load asked for what the app does not serve
 MEMORY_SLOPE_MB_S = 0.5
 MEMORY_MIN_SECONDS = 8
 HEAP_SHARE = 0.5  # of the RSS growth that live allocations account for, for the growth to be the heap's
@@ -135,6 +136,33 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
                                             "(the cap on open connections) or --drivers; the app was not the limit",
                              confidence=0.8)]
     return []
+
+
+def detect_client_errors(ctx: Context) -> list[Finding]:
+    """Most responses were 4xx (a mistyped path, a missing header or body): the load exercised the
+    app's error handling, not what it was meant to."""
+    secs = ctx.rec.seconds
+    answered = sum(s.outcomes.get(k, 0) for s in secs for k in ("ok", "4xx", "5xx"))
+    refused = sum(s.outcomes.get("4xx", 0) for s in secs)
+    if not answered or refused < CLIENT_ERROR_SHARE * answered:
+        return []
+    statuses: dict[tuple[str, int], int] = {}
+    for done in ctx.rec.driver_records:
+        for label, status, n in getattr(done, "statuses", ()):
+            if status < 500:
+                statuses[label, status] = statuses.get((label, status), 0) + n
+    top = sorted(statuses.items(), key=lambda kv: -kv[1])[:3]
+    named = ", ".join(f"{status} for {label} ({n:,})" for (label, status), n in top)
+    first = next((s.t for s in secs if s.outcomes.get("4xx")), None)
+    return [_finding(
+        ctx, "client-errors", first,
+        rule=f"{refused:,} of {answered:,} responses ({refused / answered:.0%}) were 4xx"
+             + (f": {named}" if named else ""),
+        summary="the app answered most requests with " + (f"{top[0][0][1]} ({top[0][0][0]})" if top else "4xx"),
+        recommendation="check each request's method, path, headers and body against the app's routes (a 404 is "
+                       "a path it does not serve: --get PATH, [[requests]] path); this run measured the app's "
+                       "error responses, not its work",
+        confidence=0.95)]
 
 
 def detect_host_contended(ctx: Context) -> list[Finding]:
@@ -978,6 +1006,7 @@ def _connections_refused(ctx: Context) -> str:
 
 
 BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {
+    "client-errors": detect_client_errors,
     "load-generator-saturated": detect_load_generator,
     "host-contended": detect_host_contended,
     "event-loop-blocked": detect_event_loop_blocked,

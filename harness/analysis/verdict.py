@@ -89,7 +89,8 @@ def first_bottleneck(findings: list[Finding], knee: Knee | None, knee_end: float
     return chosen
 
 
-INVALID_WHY = {"load-generator-saturated": "the load generator, not the app, limited it",
+INVALID_WHY = {"client-errors": "most requests were answered 4xx, so it measured the app's error responses",
+               "load-generator-saturated": "the load generator, not the app, limited it",
                "host-contended": "processes outside the run took the CPU the app needed"}
 
 

@@ -19,7 +19,7 @@
 #define RESET 5
 
 static PyObject *s_get_status_code, *s_should_keep_alive, *s_close, *s_write, *s_next_request,
-    *s_user_next, *s_after, *s_fail;
+    *s_user_next, *s_after, *s_fail, *s_answered;
 
 /* ------------------------------------------------------------------ perf counter */
 
@@ -316,6 +316,14 @@ static PyObject *ConnCore_on_message_complete(ConnCore *self, PyObject *unused) 
     int kind = status < 400 ? OK : status < 500 ? C4XX : C5XX;
     if (!tally_ok(d, kind, (Py_ssize_t)self->ri)) return NULL;
     d->counts[kind * d->n_requests + self->ri]++;
+    if (kind != OK) {  /* self.d.answered(status, ri): which status, for which request */
+        PyObject *st = PyLong_FromLong(status), *ri = PyLong_FromLongLong(self->ri);
+        r = st && ri ? call_driver(self, s_answered, st, ri, NULL) : NULL;
+        Py_XDECREF(st);
+        Py_XDECREF(ri);
+        if (!r) return NULL;
+        Py_DECREF(r);
+    }
     if (d->jtl_rows != Py_None) {
         PyObject *row = Py_BuildValue("(dLLlL)", self->t_start, us, self->ri, status, self->thread);
         if (!row || PyList_Append(d->jtl_rows, row) < 0) { Py_XDECREF(row); return NULL; }
@@ -479,6 +487,7 @@ static int exec_module(PyObject *m) {
     INTERN(s_user_next, "user_next");
     INTERN(s_after, "after");
     INTERN(s_fail, "fail");
+    INTERN(s_answered, "answered");
 #undef INTERN
     if (add_type(m, &DriverCore_spec, &DriverCoreType) < 0 || add_type(m, &User_spec, &UserType) < 0
         || add_type(m, &ConnCore_spec, NULL) < 0)

@@ -96,6 +96,7 @@ class Driver(DriverCore):
         self.open_conns = 0
         self.aborted = 0
         self.totals = [0] * len(OUTCOMES)
+        self.statuses: collections.Counter[tuple[int, int]] = collections.Counter()  # (request, status) ≥ 400
         self.sent_total = 0
         self.finished = loop.create_future()
         # one clock for everything: perf_counter, anchored to the shared epoch start t0
@@ -170,6 +171,10 @@ class Driver(DriverCore):
         if self.jtl_rows is not None:
             us = int((perf_counter() - t_start) * 1e6)
             self.jtl_rows.append((t_start, us, ri, OUTCOMES[kind], owner.index if owner else 0))
+
+    def answered(self, status: int, ri: int) -> None:
+        """A response of status ≥ 400 (the hot path counts its class; this, which status and for what)."""
+        self.statuses[ri, status] += 1
 
     def count(self, kind: int, ri: int) -> None:
         self.inflight -= 1
@@ -387,6 +392,8 @@ class Driver(DriverCore):
             self.jtl.close(0)
         self.emit(DriverDone(driver=self.index, sent=self.sent_total, aborted=self.aborted,
                              outcomes={OUTCOMES[i]: n for i, n in enumerate(self.totals) if n},
+                             statuses=[(self.plan.requests[ri].label, status, n)
+                                       for (ri, status), n in sorted(self.statuses.items())],
                              hot_path="c" if ACCELERATED else "python"))
 
 

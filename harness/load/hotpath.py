@@ -118,6 +118,8 @@ class ConnCore:
         status = self.parser.get_status_code()
         kind = OK if status < 400 else C4XX if status < 500 else C5XX
         d.counts[kind][self.ri] += 1
+        if kind != OK:
+            d.answered(status, self.ri)
         if d.jtl_rows is not None:
             d.jtl_rows.append((self.t_start, us, self.ri, status, self.thread))
         if not self.parser.should_keep_alive():

@@ -12,7 +12,7 @@ from harness.analysis.stages import Stage
 from harness.analysis.verdict import diagnose
 from harness.histogram import Histogram
 from harness.recording import Recording
-from harness.records import DriverSecond, Event
+from harness.records import DriverDone, DriverSecond, Event
 from tests.conftest import DATA
 
 
@@ -97,3 +97,20 @@ def test_a_run_saturated_from_its_first_second_says_so():
     v = diagnose(load("run_blocking_from_start")).verdict
     assert v.bottleneck == "event-loop-blocked" and "saturated from the start at" in v.summary
     assert "p99 went" not in v.summary and v.call_site.function == "blocking" and v.onset.t_s >= 0
+
+
+@pytest.mark.parametrize("share,invalid", [(0.52, True), (0.48, False)])
+def test_a_run_answered_mostly_4xx_is_invalid_naming_the_status_and_path(share, invalid):
+    rec = load("smoke_run")
+    records = []
+    for r in rec.driver_records:
+        if isinstance(r, DriverSecond) and r.outcomes.get("ok"):
+            refused = round(r.outcomes["ok"] * share)
+            r = dataclasses.replace(r, outcomes={**r.outcomes, "ok": r.outcomes["ok"] - refused, "4xx": refused})
+        elif isinstance(r, DriverDone):
+            r = dataclasses.replace(r, statuses=(("GET /fsat", 404, 1000),))
+        records.append(r)
+    v = diagnose(dataclasses.replace(rec, driver_records=tuple(records))).verdict
+    assert (v.bottleneck == "client-errors") is invalid, v.summary
+    if invalid:
+        assert v.invalid and "404 for GET /fsat" in v.summary and f"({share:.0%})" in v.summary
