@@ -179,7 +179,8 @@ class DriverDone:
 
     def to_json(self) -> Json:
         return {"type": "done", "driver": self.driver, "sent": self.sent, "aborted": self.aborted,
-                "outcomes": dict(self.outcomes), "hot_path": self.hot_path, "statuses": [list(s) for s in self.statuses]}
+                "outcomes": dict(self.outcomes), "hot_path": self.hot_path,
+                "statuses": [list(s) for s in self.statuses]}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> DriverDone:
@@ -513,7 +514,7 @@ class AgentProfile:
     id: int
     seconds: float
     files: tuple[str, ...]
-    errors: Mapping[str, str]
+    errors: tuple[str, ...]  # why a profiler gave nothing (one not installed in the app's interpreter, ...)
     grew: tuple[tuple[str, int, int, int], ...] = ()  # (file, line, bytes, blocks): tracemalloc's top growth
 
 
@@ -592,7 +593,8 @@ def _gap(d: Mapping[str, Any], fmt: int) -> AgentGap:
 
 def _profile(d: Mapping[str, Any], fmt: int) -> AgentProfile:
     _check("agent profile", d, _keys("id", "seconds", "files", "errors", "grew"))
-    return AgentProfile(int(d["id"]), float(d.get("seconds", 0.0)), tuple(d.get("files", ())), d.get("errors") or {},
+    return AgentProfile(int(d["id"]), float(d.get("seconds", 0.0)), tuple(d.get("files", ())),
+                        tuple(str(e) for e in (d.get("errors") or ())),
                         tuple((str(f), int(line), int(size), int(n)) for f, line, size, n in d.get("grew", ())))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional
@@ -56,20 +57,31 @@ class ProfileControl:
     def _begin(self, ident: int, seconds: float) -> None:
         self.window = {"id": ident, "end": time.monotonic() + seconds, "seconds": seconds, "errors": []}
         self.ready.clear()
+        missing = []
         try:
             from pyinstrument import Profiler
 
             self.pyinstrument = Profiler(interval=0.001, async_mode="disabled")
             self.agent.loop.call_soon_threadsafe(self._start_on_loop)
         except ImportError:
-            self.window["errors"].append("pyinstrument is not installed in the app's environment")
+            missing.append("pyinstrument")
+        except Exception as e:  # a broken install: the agent's thread must go on
+            self.window["errors"].append(f"no pyinstrument profile: {type(e).__name__}: {e}")
         try:
             import yappi
 
             yappi.set_clock_type("wall")
             yappi.start(builtins=False, profile_threads=True)
         except ImportError:
-            self.window["errors"].append("yappi is not installed in the app's environment")
+            missing.append("yappi")
+        except Exception as e:  # a broken install: the agent's thread must go on
+            self.window["errors"].append(f"no yappi profile: {type(e).__name__}: {e}")
+        if missing:
+            python = sys.executable or "python"
+            self.window["errors"].append(
+                f"no {'profile' if len(missing) == 2 else missing[0] + ' profile'}: {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not installed in {python} — "
+                f"`{python} -m pip install pyinstrument yappi`")
         if self.agent.options.get("tracemalloc"):
             import tracemalloc
 

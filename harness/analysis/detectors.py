@@ -21,9 +21,9 @@ from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
 
-CAUSAL_ORDER = ("client-errors", "load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked", "cpu-saturated",
-                "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted", "http-client-pool-exhausted",
-                "lock-contention", "fd-exhausted", "memory-growth", "server-errors")
+CAUSAL_ORDER = ("client-errors", "load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked",
+                "cpu-saturated", "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted",
+                "http-client-pool-exhausted", "lock-contention", "fd-exhausted", "memory-growth", "server-errors")
 
 DRIVER_BUSY = 0.90  # cores, per driver process (each is one thread)
 LATE_SHARE = 0.05  # of sends more than 10 ms behind schedule

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-INVALID = ("client-errors", "load-generator-saturated", "host-contended")  # validity verdicts: the run proves nothing about the app
+# validity verdicts: the run proves nothing about the app
+INVALID = ("client-errors", "load-generator-saturated", "host-contended")
 
 
 @dataclass(frozen=True)

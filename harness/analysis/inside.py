@@ -214,7 +214,7 @@ def coverage(rec: Recording) -> dict[str, Any]:
 def profiles(rec: Recording) -> list[dict[str, Any]]:
     """Profile windows the workers completed, with their files."""
     return [{"pid": pid, "type": "profile", "id": r.id, "seconds": r.seconds, "files": list(r.files),
-             "errors": dict(r.errors)} for pid, r in records(rec, AgentProfile)]
+             "errors": list(r.errors)} for pid, r in records(rec, AgentProfile)]
 
 
 def grew(rec: Recording) -> list[tuple[str, int, int, int]]:

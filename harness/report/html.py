@@ -18,7 +18,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#22
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse}td,th{padding:.25em .8em;border-bottom:1px solid #eee;text-align:left}
 .verdict{background:#fff6e0;border-left:4px solid #e6a700;padding:.8em 1em}
-.muted{color:#777}img{max-width:100%}code,pre{background:#f5f5f5;padding:.1em .3em}
+.muted{color:#777}.warn{color:#a40}img{max-width:100%}code,pre{background:#f5f5f5;padding:.1em .3em}
 """
 
 
@@ -110,7 +110,8 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
     if agent["profiles"]:
         links = "".join(
             f"<li>worker {p['pid']}: "
-            + ", ".join(f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in p["files"])
+            + ", ".join([f"<a href='{html.escape(f)}'>{html.escape(f)}</a>" for f in p["files"]]
+                        + [f"<span class='warn'>{html.escape(e)}</span>" for e in p["errors"]])
             + "</li>"
             for p in agent["profiles"]
         )

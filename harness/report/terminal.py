@@ -42,6 +42,8 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
     load = summary.get("load", {})
     if load.get("dropped") or load.get("late") or load.get("aborted"):
         rows.append(("driver", f"late {load['late']:,}  dropped {load['dropped']:,}  aborted {load['aborted']:,}"))
+    for why in dict.fromkeys(e for p in (summary.get("agent") or {}).get("profiles", ()) for e in p["errors"]):
+        rows.append(("profiles", why))  # the same for every worker of one interpreter: said once
     for e in summary.get("events", []):
         rows.append(("event", f"t={e.get('t')} {e.get('kind')} {e.get('pid', '')}"))
     verdict = summary.get("verdict")

@@ -193,6 +193,21 @@ def test_profile_window_writes_pyinstrument_and_yappi(tmp_path, env):
     assert "yappi.txt" in (rec.path / "report.html").read_text()
 
 
+def test_profilers_missing_from_the_apps_interpreter_are_said_with_the_fix(tmp_path, env):
+    blocked = tmp_path / "blocked"  # as if the app's interpreter had neither profiler installed
+    blocked.mkdir()
+    for name in ("pyinstrument", "yappi"):
+        (blocked / f"{name}.py").write_text(f"raise ImportError('No module named {name}')\n")
+    summary, rec, p = run(env, tmp_path, "fast", "--duration", "4s", "--users", "10",
+                          "--set", "agent.profile_at=1s", "--set", "agent.profile_for=1500ms",
+                          "--set", f"app.env.PYTHONPATH={blocked}")
+    (profile,) = summary["agent"]["profiles"]
+    python = rec.run.server.command[0]
+    why = f"no profile: pyinstrument and yappi are not installed in {python} — `{python} -m pip install"
+    assert profile["files"] == [] and profile["errors"][0].startswith(why), profile
+    assert why in " ".join(p.stdout.replace("│", " ").split()) and why in (rec.path / "report.html").read_text()
+
+
 def test_no_agent_runs_the_plain_app(tmp_path, env):
     summary, rec, _ = run(env, tmp_path, "smoke", "--duration", "2s", "--no-agent")
     assert summary["agent"] is None and not rec.agents and summary["errors"]["total"] == 0
