@@ -105,10 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     bounds.add_argument("--max-time", default="60s", help='total load time, profile window included (default "60s")')
     bounds.add_argument("--step", default="4s", help='how long each step is held (default "4s")')
     bounds.add_argument("--closed", action="store_true", help="step virtual users instead of the arrival rate")
+    bounds.add_argument("--refine", action="store_true",
+                        help="after the knee, bisect between the last level held and the first that broke, to within "
+                             "5%%, so the capacity is measured rather than read off the ×1.5 grid (compare does this "
+                             "by default)")
     comp = sub.add_parser("compare", help="run a matrix of configurations and rank them",
                           description="Run every configuration (interleaved, repeated) in diagnose mode or at a fixed "
                                       "load, and compare throughput within the SLO, latency, CPU cost and bottlenecks.")
-    comp.add_argument("scenario", help="the base scenario .toml file")
+    comp.add_argument("scenario", nargs="?", help="the base scenario .toml file (or --app with --get)")
+    inline = comp.add_argument_group("target without a scenario file (as run takes them)")
+    inline.add_argument("--app", help="boot this app: module:attribute")
+    inline.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
+    inline.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
+    inline.add_argument("--get", action="append", default=[], metavar="PATH",
+                        help="with --app: GET this path (repeatable)")
+    inline.add_argument("--post", action="append", default=[], metavar="PATH",
+                        help="with --app: POST this path (repeatable)")
     comp.add_argument("--workers", help="worker counts to try, e.g. 1,2,4")
     comp.add_argument("--server", help="servers to try, e.g. uvicorn,gunicorn")
     comp.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
@@ -124,11 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--yes", action="store_true", help="run a matrix larger than --max-configs")
     comp.add_argument("--duration", help="with --fixed: how long each run drives load")
-    comp.add_argument("--max-rate", type=float, default=100_000.0)
+    comp.add_argument("--max-rate", type=float, default=100_000.0,
+                      help="diagnose mode: never offer more than this (req/s)")
     comp.add_argument("--max-time", default="60s", help="diagnose mode: load time per configuration")
-    comp.add_argument("--step", default="4s")
+    comp.add_argument("--step", default="4s", help='diagnose mode: how long each step is held (default "4s")')
+    comp.add_argument("--no-refine", action="store_true",
+                      help="diagnose mode: take capacities from the ×1.5 step grid, without bisecting to within 5%% "
+                           "after the knee")
     comp.add_argument("--out", help="compare directory (default: reports/<timestamp>-compare-<name>/)")
-    comp.add_argument("--quiet", action="store_true")
+    comp.add_argument("--quiet", action="store_true", help="no progress lines")
     export = sub.add_parser(
         "export-jmx",
         help="write a scenario as a JMeter test plan",
@@ -174,6 +190,16 @@ def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
     return reqs or [{"path": "/"}]
 
 
+INLINE_LOAD = {"users": 10, "duration": "20s"}  # --url and --app without a scenario file
+
+
+def _app_raw(args: argparse.Namespace) -> dict[str, Any]:
+    """The scenario ``--app`` with ``--get``/``--post`` describe."""
+    name = args.app.partition(":")[0].rsplit(".", 1)[-1] or "app"
+    return {"name": name, "app": {"target": args.app, "app_dir": args.app_dir or ".", "factory": args.factory},
+            "load": dict(INLINE_LOAD), "requests": _inline_requests(args)}
+
+
 def scenario_from(args: argparse.Namespace) -> Scenario:
     """The scenario the flags describe: a file, --url, --app, or the built-in smoke scenario."""
     if (
@@ -187,15 +213,12 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
         raise ConfigError("--get and --post go with --url or --app; a scenario file lists its [[requests]]")
     if args.pid and not args.url:
         raise ConfigError("--pid goes with --url (the harness samples the apps it boots itself)")
-    inline_load = {"users": 10, "duration": "20s"}
     if args.url:
-        raw: dict[str, Any] = {"name": "url", "url": args.url, "pid": args.pid or 0, "load": inline_load,
+        raw: dict[str, Any] = {"name": "url", "url": args.url, "pid": args.pid or 0, "load": dict(INLINE_LOAD),
                                "requests": _inline_requests(args)}
         return build_scenario(raw, overrides=overrides_from(args, raw))
     if args.app:
-        name = args.app.partition(":")[0].rsplit(".", 1)[-1] or "app"
-        raw = {"name": name, "app": {"target": args.app, "app_dir": args.app_dir or ".", "factory": args.factory},
-               "load": inline_load, "requests": _inline_requests(args)}
+        raw = _app_raw(args)
         return build_scenario(raw, source="command line", overrides=overrides_from(args, raw))
     if args.scenario:
         path = Path(args.scenario)
@@ -313,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         plan = ExternalLoad(args.driver_cmd, printer.say)
     elif args.command == "diagnose":
         plan = KneeSearch(DiagnoseOptions.from_flags(args.max_rate, args.max_time, args.step, args.max_users,
-                                                     args.closed), printer.say)
+                                                     args.closed, args.refine), printer.say)
     run_dir = Path(args.out) if args.out else default_run_dir(scenario.name)
     if (run_dir / "run.json").exists():
         raise ConfigError(f"--out {run_dir} already holds a run; choose a new directory")
@@ -355,8 +378,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.runner import run_scenario
     from harness.sampling.host import machine_info
 
-    path = Path(args.scenario)
-    raw = read_scenario_file(path)
+    if bool(args.scenario) == bool(args.app):
+        raise ConfigError("compare needs a scenario file or --app module:app with --get PATH (not both)")
+    if (args.get or args.post) and not args.app:
+        raise ConfigError("--get and --post go with --app; a scenario file lists its [[requests]]")
+    path = Path(args.scenario or ".")
+    raw = read_scenario_file(path) if args.scenario else _app_raw(args)
     if args.repeat < 1:
         raise ConfigError("--repeat must be ≥ 1")
     configs = expand(parse_axes(args.workers, args.server, args.set))
@@ -365,8 +392,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"the matrix has {len(configs)} configurations × {args.repeat} repeat(s) = {total} runs, "
                           f"more than --max-configs {args.max_configs}; pass --yes to run them all")
     base = {"load.duration": args.duration} if args.duration else {}
-    scenarios = validate(raw, str(path), path.parent, base, configs)
-    options = None if args.fixed else DiagnoseOptions.from_flags(args.max_rate, args.max_time, args.step)
+    scenarios = validate(raw, str(path) if args.scenario else "command line", path.parent, base, configs)
+    options = None if args.fixed else DiagnoseOptions.from_flags(args.max_rate, args.max_time, args.step,
+                                                                 refine=not args.no_refine)
 
     def run(scenario: Scenario, run_dir: Path, say: Any) -> str:
         return run_scenario(scenario, run_dir, KneeSearch(options, say) if options else None)

@@ -32,10 +32,12 @@ class DiagnoseOptions:
     hold_s: float = 4.0  # the profile window at the knee
     calibrate_s: float = 3.0
     closed: bool = False  # step virtual users instead of the arrival rate
+    refine: bool = False  # after the knee, bisect between the last level held and the first that broke
+    refine_to: float = 0.05  # ... until they are this close (of the level held)
 
     @classmethod
     def from_flags(cls, max_rate: float, max_time: str, step: str, max_users: int = 10_000,
-                   closed: bool = False) -> DiagnoseOptions:
+                   closed: bool = False, refine: bool = False) -> DiagnoseOptions:
         """The options the command line gives, checked (a ConfigError names the flag)."""
         try:
             max_time_s, step_s = parse_duration(max_time), parse_duration(step)
@@ -43,7 +45,8 @@ class DiagnoseOptions:
             raise ConfigError(f"--max-time/--step: {e}") from None
         if max_time_s <= 0 or step_s <= 0 or max_rate <= 0 or max_users < 1:
             raise ConfigError("--max-time, --step, --max-rate and --max-users must be positive")
-        return cls(max_rate=max_rate, max_users=max_users, max_time_s=max_time_s, step_s=step_s, closed=closed)
+        return cls(max_rate=max_rate, max_users=max_users, max_time_s=max_time_s, step_s=step_s, closed=closed,
+                   refine=refine)
 
 
 class KneeSearch:
@@ -125,6 +128,8 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
             f"{_p99(stage.p99_ms, stage.requests)}, errors {stage.error_rate:.1%}{knee}")
         if why:
             ended = "knee"
+            if opts.refine and index > 1:
+                _refine(session, scenario, opts, level / opts.factor, level, baseline, hold_len, deadline, say)
             break
         nxt = level * opts.factor
         if (closed and nxt > opts.max_users) or (not closed and nxt > opts.max_rate):
@@ -136,6 +141,41 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
                   users=int(stepped) if closed else None)
     outran = f" (what the last step answered; {stepped:,.0f} offered outran it)" if hold < 0.95 * stepped else ""
     _hold(session, scenario, opts, hold, closed, hold_len, deadline, say, outran)
+
+
+def _refine(session: Session, scenario: Scenario, opts: DiagnoseOptions, good: float, bad: float, baseline: float,
+            hold_len: float, deadline: float, say: Callable[[str], None]) -> None:
+    """Bisect between ``good`` (a level the app held) and ``bad`` (one past the knee) until they are
+    within ``opts.refine_to`` of each other or the budget would be passed, so a capacity is measured
+    rather than read off the ×factor grid; the result is an event (``capacity``): the most req/s
+    achieved at a level held, the level held and the first that broke. These steps are not stages of
+    the analysis (the knee and the verdict are the search's); they feed compare's capacities."""
+    closed, slo = opts.closed, session.scenario.slo
+    held_rps: float | None = None
+    refined = 0
+    while (bad - good) / good > opts.refine_to and not (closed and bad - good <= 1):
+        if session.now() + opts.step_s + hold_len > opts.max_time_s:
+            say(f"refining stopped by --max-time {opts.max_time_s:.0f}s")
+            break
+        level = round((good + bad) / 2) if closed else (good + bad) / 2
+        start = session.next_start()
+        step, offered, users_ = _at_level(scenario, level, closed, opts.step_s)
+        records = session.drive(step, start, deadline=deadline)
+        session.event("stage", phase="refine", t_start=start, t_end=start + opts.step_s, offered_rps=offered,
+                      users=users_)
+        stage = stage_from_seconds(0, start, start + opts.step_s, offered, users_, merge_seconds(records))
+        if stage is None:
+            break
+        refined += 1
+        why = past_knee(stage, baseline, slo.p99_ms, slo.error_rate)
+        say(f"refine {refined}: {_level(level, closed)} → {stage.achieved_rps:,.0f} req/s ok, p99 "
+            f"{_p99(stage.p99_ms, stage.requests)}" + (f"  ← past the knee: {why}" if why else "  held"))
+        if why:
+            bad = level
+        else:
+            good, held_rps = level, max(held_rps or 0.0, stage.achieved_rps)
+    session.event("capacity", offered_rps=None if closed else round(good, 2), users=int(good) if closed else None,
+                  achieved_rps=round(held_rps, 2) if held_rps else None, broke_at=round(bad, 2))
 
 
 def _hold(session: Session, scenario: Scenario, opts: DiagnoseOptions, level: float, closed: bool, hold_len: float,

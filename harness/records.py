@@ -291,7 +291,7 @@ class Sample:
 
 
 EVENT_KINDS = ("worker-started", "worker-exited", "target-died", "stopped", "profile-requested", "stage",
-               "search-ended")
+               "search-ended", "capacity")
 
 
 @dataclass(frozen=True)
@@ -304,11 +304,13 @@ class Event:
     why: str | None = None  # stopped: the exception's name; search-ended: knee | max-time | max-rate | ... | collapse
     id: int | None = None  # profile-requested
     seconds: float | None = None  # profile-requested
-    phase: str | None = None  # stage: calibrate | step | hold
+    phase: str | None = None  # stage: calibrate | step | refine | hold
     t_start: float | None = None  # stage
     t_end: float | None = None  # stage
-    offered_rps: float | None = None  # stage, search-ended: open model
-    users: int | None = None  # stage, search-ended: closed model
+    offered_rps: float | None = None  # stage, search-ended, capacity (the level held): open model
+    users: int | None = None  # stage, search-ended, capacity (the level held): closed model
+    achieved_rps: float | None = None  # capacity: the most req/s answered ok at a level refining held
+    broke_at: float | None = None  # capacity: the lowest level found past the knee (req/s or users)
 
     def to_json(self) -> Json:
         return {k: v for k, v in vars(self).items() if v is not None or k == "t"}

@@ -238,3 +238,15 @@ def test_a_bug_in_analysis_is_a_crash_with_a_traceback(tmp_path, env):
     assert p.returncode == 1 and "Traceback" in p.stderr and "a_module_that_is_not_installed" in p.stderr
     assert "--detector" not in p.stderr.splitlines()[-1]  # not dressed up as the user's mistake
     assert (tmp_path / "run" / "driver.jsonl").stat().st_size  # what was measured is kept
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    from harness.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sub in commands.choices.items()
+            for a in sub._actions if not a.help]
+    assert len(commands.choices) >= 6 and bare == []

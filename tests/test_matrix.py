@@ -105,6 +105,30 @@ def test_compare_two_by_two(tmp_path, env):
 
 
 @pytest.mark.e2e
+def test_compare_inline_app_measures_capacities_by_bisection(tmp_path, env):
+    """/executor's capacity is its threads / 50 ms (40 and 80 req/s): the ×1.5 grid alone would read
+    the last step held; compare bisects past the knee and reports what a finer level held."""
+    out = tmp_path / "cmp"
+    p = cli(env, "compare", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/executor",
+            "--set", "app.env.SAMPLE_APP_EXECUTOR_WORKERS=2,4", "--max-time", "30s", "--step", "3s",
+            "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    rows = {r["label"]: r for r in json.loads((out / "summary.json").read_text())["table"]["rows"]}
+    for threads in (2, 4):
+        row = rows[f"SAMPLE_APP_EXECUTOR_WORKERS={threads}"]
+        rec = Recording.load(out / next(r["dir"] for r in json.loads((out / "runs.json").read_text())["runs"]
+                                        if r["label"] == row["label"]))
+        refined = [e for e in rec.events if e.kind == "stage" and e.phase == "refine"]
+        (capacity,) = [e for e in rec.events if e.kind == "capacity"]
+        # each bisection halves the grid's bracket around the knee (as many as --max-time leaves room for)
+        knee = [e.offered_rps for e in rec.events if e.kind == "stage" and e.phase == "step"][-1]
+        gap = (knee - knee / 1.5) / 2 ** len(refined)
+        assert refined and 0 < capacity.broke_at - capacity.offered_rps <= gap + 0.01, rec.events
+        assert 0.75 * 20 * threads <= row["max_rps"] <= 1.05 * 20 * threads, row
+    assert "refine 1:" in p.stderr and "| 1 run |" in p.stdout
+
+
+@pytest.mark.e2e
 def test_compare_refuses_bad_input(tmp_path, env):
     scenario = str(ROOT / "scenarios" / "db.toml")
     p = cli(env, "compare", scenario, "--out", str(tmp_path / "a"))
@@ -116,6 +140,10 @@ def test_compare_refuses_bad_input(tmp_path, env):
     p = cli(env, "compare", scenario, "--workers", "1,2,3,4", "--set", "app.env.SAMPLE_APP_POOL_SIZE=1,2,3,4",
             "--out", str(tmp_path / "d"))
     assert p.returncode == 2 and "16 runs" in p.stderr and "--yes" in p.stderr
+    p = cli(env, "compare", scenario, "--app", "sample_app.main:app", "--workers", "1,2", "--out", str(tmp_path / "e"))
+    assert p.returncode == 2 and "a scenario file or --app" in p.stderr
+    p = cli(env, "compare", "--app", "sample_app.main:app", "--workers", "1,2", "--out", str(tmp_path / "f"))
+    assert p.returncode == 2 and "no request to send: add --get PATH" in p.stderr
 
 
 def test_diff_as_a_function_on_committed_runs(tmp_path):

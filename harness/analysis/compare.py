@@ -156,8 +156,10 @@ def sustainable_rps(summary: dict[str, Any], rec: Recording, mode: str) -> float
         held = held and summary["errors"]["rate"] <= max(slo.error_rate, 0.01)
         return summary["throughput_rps"] if held else None
     knee = (summary.get("verdict") or {}).get("knee") or {}
-    if knee.get("last_good_rps"):
-        return float(knee["last_good_rps"])
+    # what the search's bisection after the knee held (compare refines by default), else the last step held
+    refined = max((e.achieved_rps or 0.0 for e in rec.events if e.kind == "capacity"), default=0.0)
+    if knee.get("last_good_rps") or refined:
+        return max(float(knee.get("last_good_rps") or 0.0), refined)
     from harness.analysis.stages import stages
 
     ok = [s.achieved_rps for s in stages(rec) if not knee.get("stage") or s.index < knee["stage"]]
@@ -247,10 +249,11 @@ def recommend(rows: list[dict[str, Any]], cores: int) -> str:
     if tied:
         cheapest = min([best, *tied], key=lambda r: (r["cpu_s_per_1k"], r["label"]))
         within = ", ".join(r["label"] for r in [best, *tied])
-        text = (
-            f"{within} are within the noise of each other ({best['max_rps']:,.0f} req/s ± {best['spread_rps']:,.0f}); "
-            f"{cheapest['label']} costs the least CPU per request ({cheapest['cpu_s_per_1k']} CPU-s per 1,000)."
-        )
+        noise = (f"are within the noise of each other ({best['max_rps']:,.0f} req/s ± {best['spread_rps']:,.0f})"
+                 if best["runs"] > 1 else f"are within 5 % of each other ({best['max_rps']:,.0f} req/s; one run each: "
+                 "--repeat 3 measures the noise)")
+        text = (f"{within} {noise}; {cheapest['label']} costs the least CPU per request "
+                f"({cheapest['cpu_s_per_1k']} CPU-s per 1,000).")
         if host_limited:
             text += (
                 f" The host's {cores} cores were {best['host_busy']:.0%} busy (server and load generator share them): "

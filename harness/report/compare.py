@@ -21,7 +21,8 @@ def _cells(row: dict[str, Any]) -> list[Any]:
     where = f" at {site.get('file', '').rsplit('/', 1)[-1]}:{site.get('line')}" if site else ""
     if row["status"] != "ok":
         return [row["label"], row["status"], "", "", "", "", "", "", "", row.get("error") or ""]
-    return [row["label"], "ok", row.get("max_rps") or "—", row.get("spread_rps", ""), row.get("p50_ms", ""),
+    return [row["label"], "ok", row.get("max_rps") or "—",
+            row.get("spread_rps", "") if row.get("runs", 1) > 1 else "1 run", row.get("p50_ms", ""),
             row.get("p99_ms", ""), row.get("cpu_s_per_1k", ""), row.get("peak_rss_mb", ""), row.get("efficiency", ""),
             f"{row.get('bottleneck') or ''}{where}"]
 
