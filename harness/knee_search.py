@@ -79,13 +79,15 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
     # the hold's load outlasts the profile window by a second
     hold_len = opts.hold_s + 1 if session.agent_on and opts.hold_s > 0 else 0.0
     deadline = opts.max_time_s - 1.0  # drivers stopped then abort what is in flight a second later
+    session.budget_s = opts.max_time_s
     if load.model == "open":
         # the scenario names a rate: start there (a calibration burst would also run leaks dry before the first step)
         level: float = min(load.stages[0].rate if load.stages else load.rate, opts.max_rate)
     else:
         users = min(load.users, opts.max_users)
         start = session.next_start()
-        records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start)
+        records = session.drive(_with_load(scenario, model="closed", users=users, duration_s=opts.calibrate_s), start,
+                                step=f"calibration · {users} users")
         session.event("stage", phase="calibrate", t_start=start, t_end=start + opts.calibrate_s, users=users)
         calib = stage_from_seconds(0, start, start + opts.calibrate_s, None, users, merge_seconds(records))
         capacity = calib.achieved_rps if calib else 0.0
@@ -109,7 +111,7 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
             break
         start = session.next_start()
         step, offered, users_ = _at_level(scenario, level, closed, opts.step_s)
-        records = session.drive(step, start, deadline=deadline)
+        records = session.drive(step, start, deadline=deadline, step=f"step {index} · {_level(level, closed)}")
         session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered,
                       users=users_)
         stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_, merge_seconds(records))
@@ -160,7 +162,7 @@ def _refine(session: Session, scenario: Scenario, opts: DiagnoseOptions, good: f
         level = round((good + bad) / 2) if closed else (good + bad) / 2
         start = session.next_start()
         step, offered, users_ = _at_level(scenario, level, closed, opts.step_s)
-        records = session.drive(step, start, deadline=deadline)
+        records = session.drive(step, start, deadline=deadline, step=f"refine {refined + 1} · {_level(level, closed)}")
         session.event("stage", phase="refine", t_start=start, t_end=start + opts.step_s, offered_rps=offered,
                       users=users_)
         stage = stage_from_seconds(0, start, start + opts.step_s, offered, users_, merge_seconds(records))
@@ -187,7 +189,7 @@ def _hold(session: Session, scenario: Scenario, opts: DiagnoseOptions, level: fl
     say(f"holding at {_level(level, closed)}{why} for {opts.hold_s:.0f} s to profile the workers")
     session.request_profile(opts.hold_s)
     hold_load, offered, users_ = _at_level(scenario, level, closed, hold_len)
-    session.drive(hold_load, start, deadline=deadline)
+    session.drive(hold_load, start, deadline=deadline, step=f"hold · {_level(level, closed)}")
     session.event("stage", phase="hold", t_start=start, t_end=start + hold_len, offered_rps=offered, users=users_)
 
 

@@ -650,8 +650,12 @@ class Progress:
 
     elapsed_s: float
     planned_s: float | None
-    rps: float
-    p99_ms: float
+    rps: float | None  # the newest second's, None before this step's first second
+    p99_ms: float | None
     requests: int
     errors: int
     planned_requests: int | None
+    step: str = ""  # diagnose: "step 3 · 54 req/s offered", "calibration · 20 users", ...
+    step_elapsed_s: float = 0.0
+    step_planned_s: float | None = None
+    budget_s: float | None = None  # diagnose: --max-time

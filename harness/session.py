@@ -55,12 +55,12 @@ class LiveStats:
         for old in [k for k in self._window if k < self.last_t - 3]:
             del self._window[old]
 
-    def latest(self) -> tuple[float, float]:
-        """(req/s, p99 ms) of the newest second seen."""
-        if self.last_t < 0:
-            return 0.0, 0.0
+    def latest(self, since: float = 0.0) -> tuple[float | None, float | None]:
+        """(req/s, p99 ms) of the newest second seen from ``since`` on; None before one (or p99 of none)."""
+        if self.last_t < since:
+            return None, None
         count, hist, span = self._window[self.last_t]
-        return count / max(span, 1e-3), hist.percentile(0.99) / 1000.0
+        return count / max(span, 1e-3), hist.percentile(0.99) / 1000.0 if count else None
 
 
 class Session:
@@ -82,6 +82,7 @@ class Session:
         self.profiles = 0
         self.profile_seconds = 0.0
         self.pyspy: PySpyWindow | None = None
+        self.budget_s: float | None = None  # a search's --max-time, for the progress line
 
     @property
     def agent_on(self) -> bool:
@@ -133,11 +134,12 @@ class Session:
         self.writer.append(Event(round(self.now(), 3) if self.t0 else None, kind, **fields))
 
     def drive(self, scenario: Scenario, start_s: float, profile_at: float = 0.0,
-              deadline: float | None = None) -> list[DriverRecord]:
+              deadline: float | None = None, step: str = "") -> list[DriverRecord]:
         """Run one fleet for ``scenario``'s load from ``start_s``; return its driver records.
 
         ``deadline`` (seconds since t0): the drivers are stopped then, however much is still
-        queued or in flight (they abort what is left a second later).
+        queued or in flight (they abort what is left a second later). ``step`` names this fleet's
+        part of a search on the progress line, whose clock is then the step's and the budget's.
         """
         records: list[DriverRecord] = []
 
@@ -161,9 +163,11 @@ class Session:
                     deadline = None
                 self.check_target()
                 check_driver(fleet)
-                rps, p99 = self.live.latest()
-                self.progress(Progress(max(0.0, self.now()), start_s + planned if planned else None, rps, p99,
-                                       self.live.requests, self.live.errors, scenario.planned_requests))
+                rps, p99 = self.live.latest(since=start_s)
+                now = self.now()
+                self.progress(Progress(max(0.0, now), start_s + planned if planned else None, rps, p99,
+                                       self.live.requests, self.live.errors, scenario.planned_requests, step,
+                                       max(0.0, now - start_s), planned, self.budget_s))
                 time.sleep(POLL_S)
             check_driver(fleet)
         if self.profiles and profile_at == 0.0:
@@ -190,7 +194,7 @@ class Session:
         self.stack.callback(stop_group, self.external)
         while self.external.poll() is None:
             self.check_target()
-            self.progress(Progress(max(0.0, self.now()), None, 0.0, 0.0, 0, 0, None))
+            self.progress(Progress(max(0.0, self.now()), None, None, None, 0, 0, None))
             time.sleep(POLL_S)
         if self.external.returncode != 0:
             raise DriverError(f"--driver-cmd exited with code {self.external.returncode}: "

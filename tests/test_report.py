@@ -25,3 +25,17 @@ def test_a_run_without_agent_streams_says_so():
     rec = Recording.load(DATA / "smoke_run")  # made before the agent
     assert inside.app_runtime(rec) is None
     assert "not seen (no agent stream)" in render_html(rec, summarize(rec))
+
+
+def test_the_progress_line_names_the_step_and_says_when_it_drains():
+    from harness.records import Progress
+    from harness.report.terminal import format_progress
+
+    plain = format_progress(Progress(12.1, 20.0, 950.0, 12.34, 11_000, 3, None))
+    assert plain.startswith("[ 12.1/20 s]") and "950 req/s" in plain and "12.3 ms" in plain
+    drained = format_progress(Progress(24.1, 23.0, 10.0, 5.0, 100, 0, None))
+    assert "23 s + draining 1.1 s" in drained and "24.1/23" not in drained
+    step = format_progress(Progress(25.0, 27.0, None, None, 5_000, 0, None, "step 3 · 54 req/s offered", 0.4, 4.0,
+                                    60.0))
+    assert step.startswith("[step 3 · 54 req/s offered    0.4/4 s · 25/60 s budget]")
+    assert "— req/s" in step and "p99        — ms" in step and "0 req/s" not in step and "0.0 ms" not in step

@@ -10,11 +10,22 @@ if TYPE_CHECKING:
 
 
 def format_progress(p: Progress) -> str:
-    """One line: elapsed / planned, req/s, p99, errors."""
-    planned = f"/{p.planned_s:.0f}" if p.planned_s else ""
+    """One line: where the run stands (a search's step and budget), req/s, p99, errors.
+
+    Past its planned end a run is draining (requests still in flight), and says so.
+    """
+    def clock(elapsed: float, planned: float | None) -> str:
+        if planned and elapsed > planned + 0.05:
+            return f"{planned:.0f} s + draining {elapsed - planned:.1f} s"
+        return f"{elapsed:5.1f}/{planned:.0f} s" if planned else f"{elapsed:5.1f} s"
+
+    where = (f"{p.step}  {clock(p.step_elapsed_s, p.step_planned_s)}"
+             + (f" · {p.elapsed_s:.0f}/{p.budget_s:.0f} s budget" if p.budget_s else "")
+             if p.step else clock(p.elapsed_s, p.planned_s))
+    rate = f"{p.rps:8,.0f} req/s" if p.rps is not None else "       — req/s"
+    p99 = f"p99 {p.p99_ms:8.1f} ms" if p.p99_ms is not None else "p99        — ms"
     done = f"  {p.requests:,}/{p.planned_requests:,} req" if p.planned_requests else f"  {p.requests:,} req"
-    return (f"[{p.elapsed_s:6.1f}{planned} s] {p.rps:10,.0f} req/s   p99 {p.p99_ms:8.1f} ms"
-            f"   errors {p.errors:,}{done}")
+    return f"[{where}] {rate}   {p99}   errors {p.errors:,}{done}"
 
 
 def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> str:
