@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,39 @@ from harness.recording import default_run_dir
 EXIT_SLO_BROKEN, EXIT_INVALID = 1, 3
 
 
+EXAMPLES = {
+    "run": """examples:
+  fastapi-harness run --app main:app --get /items --users 50 --duration 30s
+  fastapi-harness run scenarios/db.toml --workers 4 --check      # exit 1 when the SLO breaks
+  fastapi-harness run --url http://127.0.0.1:8000 --pid 4242 --post /orders --body @order.json""",
+    "diagnose": """examples:
+  fastapi-harness diagnose --app main:app --get /items           # step the load until something gives
+  fastapi-harness diagnose scenarios/db.toml --max-time 90s --refine
+  fastapi-harness diagnose scenarios/blocking.toml --closed --max-users 200""",
+    "compare": """examples:
+  fastapi-harness compare scenarios/fast.toml --workers 1,2,4
+  fastapi-harness compare --app main:app --get /items --set app.env.POOL_SIZE=5,20 --repeat 3
+  fastapi-harness compare scenarios/db.toml --fixed --duration 20s --server uvicorn,gunicorn""",
+    "export-jmx": """examples:
+  fastapi-harness export-jmx scenarios/smoke.toml -o smoke.jmx
+  jmeter -n -t smoke.jmx -Jhost=127.0.0.1 -Jport=8000 -l results.jtl""",
+    "ingest": """examples:
+  fastapi-harness ingest results.jtl                     # a JMeter run, diagnosed from the outside
+  fastapi-harness ingest results.jtl --into reports/20261202-main   # into a run that sampled the app""",
+    "diff": """examples:
+  fastapi-harness diff reports/before reports/after
+  fastapi-harness diff reports/compare-a reports/compare-b --fail-on-regression 5%""",
+}
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        name = kw.get("prog", "").rsplit(" ", 1)[-1]
+        if name in EXAMPLES:
+            kw.setdefault("epilog", EXAMPLES[name])
+            kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kw)
+
     def error(self, message: str) -> None:  # usage errors: exit 2, one line, no traceback
         self.print_usage(sys.stderr)
         print(f"fastapi-harness: error: {message}", file=sys.stderr)
@@ -59,6 +92,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--post", action="append", default=[], metavar="PATH", help="with --url/--app: POST this path (repeatable)"
     )
+    target.add_argument("--body", metavar="JSON|@FILE",
+                        help="with --post: the body, inline or @file (sent as application/json when it parses as "
+                             "JSON, else as --content-type)")
+    target.add_argument("--content-type", default="", metavar="TYPE",
+                        help="with --body: its Content-Type (default: application/json for JSON, else text/plain)")
     over = p.add_argument_group("overrides (win over the scenario file)")
     over.add_argument("--workers", type=int, help="server worker processes")
     over.add_argument("--server", choices=SERVERS, help="the server that runs the app")
@@ -66,7 +104,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     over.add_argument("--users", type=int, help="closed model: concurrent virtual users")
     over.add_argument("--loops", type=int, help="closed model: requests per user")
     over.add_argument("--rate", type=float, help="open model: arrivals per second")
-    over.add_argument("--duration", help='how long to drive load, e.g. "30s"')
+    over.add_argument("--duration", help='run: how long to drive load, e.g. "30s" (diagnose ignores it: its '
+                                         'steps last --step, within --max-time)')
     over.add_argument("--slo-p99", metavar="DURATION", help='latency objective, e.g. "200ms"')
     over.add_argument("--drivers", type=int, help="load-generator processes (default: a quarter of the CPUs)")
     over.add_argument(
@@ -121,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --app: GET this path (repeatable)")
     inline.add_argument("--post", action="append", default=[], metavar="PATH",
                         help="with --app: POST this path (repeatable)")
+    inline.add_argument("--body", metavar="JSON|@FILE", help="with --post: the body, inline or @file")
+    inline.add_argument("--content-type", default="", metavar="TYPE",
+                        help="with --body: its Content-Type (default: application/json for JSON, else text/plain)")
     comp.add_argument("--workers", help="worker counts to try, e.g. 1,2,4")
     comp.add_argument("--server", help="servers to try, e.g. uvicorn,gunicorn")
     comp.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
@@ -184,10 +226,35 @@ def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, A
 def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:
     """--get and --post as [[requests]]; none is a mistake (loading "/" by default reported on 404s),
     unless --driver-cmd's own tool sends the requests."""
-    reqs = [{"path": p} for p in args.get] + [{"path": p, "method": "POST"} for p in args.post]
+    body = _body(args)
+    reqs = [{"path": p} for p in args.get] + [{"path": p, "method": "POST", **body} for p in args.post]
     if not reqs and not getattr(args, "driver_cmd", None):
         raise ConfigError("no request to send: add --get PATH (or --post PATH; each repeatable), e.g. --get /health")
     return reqs or [{"path": "/"}]
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    """--body (inline, or @file) and --content-type as a [[requests]] entry's body and headers."""
+    text = getattr(args, "body", None)
+    if text is None:
+        if getattr(args, "content_type", ""):
+            raise ConfigError("--content-type goes with --body")
+        return {}
+    if not args.post:
+        raise ConfigError("--body goes with --post PATH (a GET sends no body)")
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as e:
+            raise ConfigError(f"--body {text}: cannot read it ({e.strerror}); give a readable file after @") from None
+    kind = args.content_type
+    if not kind:
+        try:
+            json.loads(text)
+            kind = "application/json"
+        except ValueError:
+            kind = "text/plain"
+    return {"body": text, "headers": {"Content-Type": kind}}
 
 
 INLINE_LOAD = {"users": 10, "duration": "20s"}  # --url and --app without a scenario file
@@ -369,8 +436,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-
     from harness.errors import Interrupted
     from harness.knee_search import DiagnoseOptions, KneeSearch
     from harness.matrix import expand, parse_axes, read_matrix, run_matrix, summarize_matrix, validate
@@ -421,8 +486,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    import json
-
     from harness.matrix import diff_runs
     from harness.report.compare import render_diff_html, render_diff_markdown
 

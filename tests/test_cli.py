@@ -150,6 +150,22 @@ def test_a_run_answered_with_404s_is_invalid_naming_the_status_and_path(tmp_path
     assert v["bottleneck"] == "client-errors" and "404 for GET /nope" in v["summary"], v["summary"]
 
 
+def test_post_sends_its_body_inline_or_from_a_file(tmp_path, env):
+    order = tmp_path / "order.json"
+    order.write_text('{"items": [1, 2]}')
+    for body in ('{"items": []}', f"@{order}"):
+        out = tmp_path / f"run{len(body)}"
+        p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--post", "/orders", "--body", body,
+                    "--users", "2", "--duration", "1s", "--out", str(out), "--quiet")
+        summary = json.loads((out / "summary.json").read_text())
+        assert p.returncode == 0 and summary["requests"] > 10 and summary["errors"]["total"] == 0, p.stderr
+    p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--post", "/orders", "--body", "x=1",
+                "--users", "2", "--duration", "1s", "--out", str(tmp_path / "plain"), "--quiet")
+    assert p.returncode == 3 and "422 for POST /orders" in (tmp_path / "plain" / "summary.json").read_text()
+    p = run_cli(env, "run", "--app", "custom_app:app", "--post", "/orders", "--body", "@missing.json")
+    assert p.returncode == 2 and "--body @missing.json: cannot read it" in p.stderr
+
+
 def test_port_in_use(tmp_path, env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -250,3 +266,6 @@ def test_every_option_of_every_command_has_help_text():
     bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, sub in commands.choices.items()
             for a in sub._actions if not a.help]
     assert len(commands.choices) >= 6 and bare == []
+    for name, sub in commands.choices.items():  # each --help ends with examples to copy
+        tail = sub.format_help().rstrip().rpartition("\nexamples:\n")[2]
+        assert tail.startswith("  fastapi-harness ") and tail.count("\n  ") >= 1, name  # 2-3 of them

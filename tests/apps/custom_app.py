@@ -23,3 +23,8 @@ app.add_middleware(Stamp)
 @app.get("/items/{item_id}")
 async def item(item_id: int) -> dict:
     return {"id": item_id}
+
+
+@app.post("/orders")
+async def order(payload: dict) -> dict:  # a body that is not a JSON object is a 422
+    return {"items": len(payload.get("items", []))}
