@@ -498,14 +498,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
                 f"--fail-on-regression {args.fail_on_regression!r}: expected a percentage like 5%"
             ) from None
     diffs = diff_runs(Path(args.before), Path(args.after), threshold, args.force)
-    sections = [render_diff_markdown(str(d.before.path), str(d.after.path), d.deltas, d.verdict_change, d.regressions)
-                for d in diffs]
-    markdown = "\n".join(sections)
+    markdown = "\n".join(render_diff_markdown(d) for d in diffs)
     out = Path(args.out) if args.out else default_run_dir("diff")
     out.mkdir(parents=True, exist_ok=True)
     (out / "diff.md").write_text(markdown)
     (out / "diff.json").write_text(json.dumps([d.to_json() for d in diffs], indent=2))
-    (out / "diff.html").write_text(render_diff_html(diffs[0].before, diffs[0].after, markdown))
+    (out / "diff.html").write_text(render_diff_html(diffs))
     print(markdown)
     failures = [f"{d.label}: {f}" if d.label else f for d in diffs for f in d.regressions]
     if failures:

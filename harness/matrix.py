@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.analysis.compare import Delta, bootstrap_deltas, comparable, matrix_table, regressions
+from harness.analysis.compare import Delta, bootstrap_deltas, comparable, config_changes, matrix_table, regressions
 from harness.analysis.stages import Stage, stages
+from harness.analysis.summary import summarize
 from harness.analysis.verdict import diagnose
 from harness.config import SERVERS, Scenario, build_scenario
 from harness.errors import ConfigError, HarnessError, Interrupted, TargetError
@@ -163,11 +164,14 @@ class RunDiff:
     verdict_change: str | None
     regressions: list[str]
     refused: str | None  # why the runs should not be compared (given --force)
+    config_changes: list[str]  # "app.workers: 1 → 2"
+    summary_rps: tuple[float, float]  # each run's own summary.json throughput (all requests, whole duration)
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "before": str(self.before.path), "after": str(self.after.path),
                 "deltas": [d.to_dict() for d in self.deltas], "verdict_change": self.verdict_change,
-                "regressions": self.regressions, "refused": self.refused}
+                "regressions": self.regressions, "refused": self.refused, "config_changes": self.config_changes,
+                "summary_rps": list(self.summary_rps)}
 
 
 def diff_runs(before: Path, after: Path, threshold: float | None = None, force: bool = False) -> list[RunDiff]:
@@ -183,7 +187,8 @@ def diff_runs(before: Path, after: Path, threshold: float | None = None, force: 
         deltas = bootstrap_deltas(a, b)
         va, vb = diagnose(a).verdict.bottleneck, diagnose(b).verdict.bottleneck
         out.append(RunDiff(label, a, b, deltas, f"First bottleneck moved from {va} to {vb}." if va != vb else None,
-                           regressions(deltas, threshold) if threshold is not None else [], why))
+                           regressions(deltas, threshold) if threshold is not None else [], why,
+                           config_changes(a, b), (summarize(a)["throughput_rps"], summarize(b)["throughput_rps"])))
     return out
 
 

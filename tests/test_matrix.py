@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from harness.analysis.summary import summarize
 from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
@@ -38,7 +39,11 @@ def test_diff_of_identical_runs_is_no_change(tmp_path, env):
     assert p.returncode == 0, p.stderr
     data = json.loads((tmp_path / "d" / "diff.json").read_text())
     assert not any(d["significant"] for d in data[0]["deltas"]) and data[0]["regressions"] == []
-    assert "First bottleneck unchanged." in p.stdout and (tmp_path / "d" / "diff.html").exists()
+    assert "First bottleneck unchanged." in p.stdout and "Same configuration." in p.stdout
+    summary_rps = summarize(Recording.load(DATA / "diagnose_health"))["throughput_rps"]  # what its summary.json says
+    assert data[0]["summary_rps"] == [summary_rps] * 2 and f"{summary_rps:,.1f} → {summary_rps:,.1f}" in p.stdout
+    page = (tmp_path / "d" / "diff.html").read_text()
+    assert "<table>" in page and "<pre>" not in page and "<td>throughput_rps</td>" in page
 
 
 @pytest.mark.e2e
@@ -74,6 +79,7 @@ def test_diff_names_a_verdict_change(tmp_path, env):
         env, "diff", str(DATA / "diagnose_blocking"), str(DATA / "diagnose_db"), "--force", "--out", str(tmp_path / "f")
     )
     assert r.returncode == 0 and "First bottleneck moved from event-loop-blocked to db-pool-exhausted." in r.stdout
+    assert "Configuration: " in r.stdout and "name: blocking → db" in r.stdout
 
 
 @pytest.mark.e2e

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from harness.analysis.compare import Delta
-from harness.recording import Recording
 from harness.report.html import STYLE, _table
 from harness.report.plots import _pyplot
+
+if TYPE_CHECKING:
+    from harness.matrix import RunDiff
 
 TABLE_HEADER = ["configuration", "status", "max req/s in SLO", "± spread", "p50 ms", "p99 ms", "CPU-s / 1k req",
                 "peak RSS MB", "efficiency", "first bottleneck"]
@@ -86,35 +88,51 @@ def render_compare_html(table: dict[str, Any], curves: dict[str, list[Any]], rec
 """
 
 
-def render_diff_markdown(name_a: str, name_b: str, deltas: Sequence[Delta], verdict_change: str | None,
-                         failures: Sequence[str]) -> str:
-    """A pull-request comment: the deltas with their intervals, the verdict change, the gate."""
-    lines = [f"### fastapi-harness diff: `{name_a}` → `{name_b}`", "",
-             "| metric | before | after | change | 95% interval | significant |", "|---|---|---|---|---|---|"]
-    for d in deltas:
-        lines.append(f"| {d.metric} | {d.a:,.2f} | {d.b:,.2f} | {d.change:+.1%} | {d.low:+.1%} … {d.high:+.1%} | "
-                     f"{'yes' if d.significant else 'no (within noise)'} |")
-    lines.append("")
-    lines.append(verdict_change or "First bottleneck unchanged.")
-    if failures:
-        lines += ["", "**Regression:** " + "; ".join(failures)]
-    return "\n".join(lines) + "\n"
+DIFF_HEADER = ["metric", "before", "after", "change", "95% interval", "significant"]
+STEADY = ("Figures are over whole seconds of load, the first one left out (the bootstrap resamples them); "
+          "each run's own summary counts every request over its whole duration")
 
 
-def render_diff_html(a: Recording, b: Recording, markdown_text: str) -> str:
-    """diff.html: the table (as preformatted Markdown) and per-second throughput and p99 overlaid."""
+def _diff_rows(deltas: Sequence[Delta]) -> list[list[str]]:
+    return [[d.metric, f"{d.a:,.2f}", f"{d.b:,.2f}", f"{d.change:+.1%}", f"{d.low:+.1%} … {d.high:+.1%}",
+             "yes" if d.significant else "no (within noise)"] for d in deltas]
+
+
+def _diff_notes(d: RunDiff) -> list[str]:
+    """What differs between the two runs' configurations, the verdict's move, the gate, the summaries."""
+    return [("Configuration: " + "; ".join(d.config_changes)) if d.config_changes else "Same configuration.",
+            d.verdict_change or "First bottleneck unchanged.",
+            f"{STEADY}: {d.summary_rps[0]:,.1f} → {d.summary_rps[1]:,.1f} req/s there.",
+            *(["**Regression:** " + "; ".join(d.regressions)] if d.regressions else [])]
+
+
+def render_diff_markdown(d: RunDiff) -> str:
+    """A pull-request comment: the deltas with their intervals, what changed, the verdict, the gate."""
+    lines = [f"### fastapi-harness diff: `{d.before.path}` → `{d.after.path}`", "",
+             "| " + " | ".join(DIFF_HEADER) + " |", "|" + "---|" * len(DIFF_HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in _diff_rows(d.deltas)]
+    return "\n".join([*lines, "", *"\n\n".join(_diff_notes(d)).split("\n")]) + "\n"
+
+
+def render_diff_html(diffs: Sequence[RunDiff]) -> str:
+    """diff.html: per pair, the deltas as a table, what changed, and throughput and p99 overlaid."""
     plt = _pyplot()
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, constrained_layout=True)
-    for rec, label in ((a, "before"), (b, "after")):
-        secs = rec.seconds
-        a1.plot([s.t for s in secs], [s.outcomes.get("ok", 0) / (s.span or 1) for s in secs], label=label)
-        a2.plot([s.t for s in secs], [s.hist.percentile(0.99) / 1000 for s in secs], label=label)
-    a1.set(ylabel="ok req/s", title="Throughput")
-    a2.set(ylabel="p99 ms", xlabel="seconds since load start", title="p99")
-    for ax in (a1, a2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    parts = []
+    for d in diffs:
+        fig, (a1, a2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, constrained_layout=True)
+        for rec, label in ((d.before, "before"), (d.after, "after")):
+            secs = rec.seconds
+            a1.plot([s.t for s in secs], [s.outcomes.get("ok", 0) / (s.span or 1) for s in secs], label=label)
+            a2.plot([s.t for s in secs], [s.hist.percentile(0.99) / 1000 for s in secs], label=label)
+        a1.set(ylabel="ok req/s", title="Throughput")
+        a2.set(ylabel="p99 ms", xlabel="seconds since load start", title="p99")
+        for ax in (a1, a2):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        notes = "".join(f"<p>{html.escape(n.replace('**', ''))}</p>" for n in _diff_notes(d))
+        parts.append(f"<h2>{html.escape(d.label or str(d.before.path.name))} → "
+                     f"{html.escape(str(d.after.path.name))}</h2>{_table(DIFF_HEADER, _diff_rows(d.deltas))}{notes}"
+                     f"<img alt='overlaid' src='data:image/png;base64,{_png(fig)}'>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>diff — fastapi-harness</title>
-<style>{STYLE}</style></head><body><h1>Diff</h1><pre>{html.escape(markdown_text)}</pre>
-<img alt="overlaid" src="data:image/png;base64,{_png(fig)}"></body></html>
+<style>{STYLE}</style></head><body><h1>Diff</h1>{''.join(parts)}</body></html>
 """
