@@ -146,6 +146,17 @@ class Scenario:
         """The resolved scenario as plain JSON-able data (``from_dict`` reads it back)."""
         return dataclasses.asdict(self)
 
+    def fields(self) -> dict[str, Any]:
+        """Every field as a dotted path ("app.workers", "requests.0.path") and its value."""
+        def flat(value: Any, prefix: str) -> dict[str, Any]:
+            if isinstance(value, dict) and value:
+                return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], dict):
+                return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix}{i}.").items()}
+            return {prefix.rstrip("."): value}
+
+        return flat(self.to_dict(), "")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Scenario:
         """The scenario ``to_dict`` wrote (as run.json keeps it); fields it lacks take their defaults."""

@@ -39,3 +39,22 @@ def test_the_progress_line_names_the_step_and_says_when_it_drains():
                                     60.0))
     assert step.startswith("[step 3 · 54 req/s offered    0.4/4 s · 25/60 s budget]")
     assert "— req/s" in step and "p99        — ms" in step and "0 req/s" not in step and "0.0 ms" not in step
+
+
+def test_the_report_shows_no_empty_panel_and_shades_a_searchs_stages():
+    from harness.report.plots import _stage_spans, inside_panels, timeline_panels
+
+    smoke, blocking, db = (Recording.load(DATA / n) for n in ("smoke_run", "diagnose_blocking", "diagnose_db"))
+    assert "errors" not in timeline_panels(smoke) and _stage_spans(smoke) == []  # a plain run: no stages
+    assert "pools" not in inside_panels(blocking) and "pools" in inside_panels(db)  # its pool unused, and used
+    phases = [phase for *_, phase, _ in _stage_spans(db)]
+    assert phases[0] == "calibrate" and "step" in phases and phases[-1] == "hold"
+    page = render_html(blocking, summarize(blocking, diagnose(blocking).verdict), diagnose(blocking))
+    assert "<pre>" not in page and "<th>app.workers</th>" in page  # the scenario as a table, not JSON
+    assert "the app&#x27;s interpreter" in page and "fastapi " in page
+
+
+def test_a_one_stage_run_has_no_knee_plot():
+    rec = Recording.load(DATA / "smoke_run")
+    d = diagnose(rec)
+    assert len(d.stages) < 2 and "Load stages and the knee" not in render_html(rec, summarize(rec, d.verdict), d)

@@ -6,7 +6,7 @@ Pure functions; randomness comes from an explicit seed so results are reproducib
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 from harness.analysis.series import percentile
@@ -100,14 +100,7 @@ def comparable(a: Recording, b: Recording) -> str | None:
 
 def config_changes(a: Recording, b: Recording) -> list[str]:
     """The scenario fields that differ between two runs, as "app.workers: 1 → 2"."""
-    def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-        if is_dataclass(value) and not isinstance(value, type):
-            value = {f.name: getattr(value, f.name) for f in fields(value)}
-        if isinstance(value, dict):
-            return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): value}
-
-    fa, fb = flat(a.scenario), flat(b.scenario)
+    fa, fb = a.scenario.fields(), b.scenario.fields()
     return [f"{k}: {fa.get(k, '—')} → {fb.get(k, '—')}" for k in sorted(set(fa) | set(fb))
             if fa.get(k) != fb.get(k) and k != "source"]
 

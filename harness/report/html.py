@@ -22,6 +22,9 @@ table{border-collapse:collapse}td,th{padding:.25em .8em;border-bottom:1px solid 
 """
 
 
+STALLS_WORTH_SHARE = 0.01  # of the run's time stalled, for stalls without an app frame to get a table
+
+
 def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
 
@@ -59,11 +62,17 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
         parts.append(
             f"<img alt='loop lag, threadpool, pools, GC' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
         )
+    sites = agent["stall_sites"]
+    stalled_ms = sum(s["total_ms"] for s in sites)
+    # a few short stalls with no app frame (a busy loop's scheduling) are not worth a table
+    worth = any(s["file"] for s in sites) or stalled_ms >= STALLS_WORTH_SHARE * 1000 * summary["duration_s"]
     parts.append("<h3>Event-loop stall sites</h3>" + (_table(
         ["site", "function", "kind", "stalls", "total ms", "longest ms", "share"],
         [[f"{s['file']}:{s['line']}" if s["file"] else "(no app frame)", s["function"] or "", s["kind"], s["count"],
-          s["total_ms"], s["longest_ms"], f"{s['share']:.0%}"] for s in agent["stall_sites"]],
-    ) if agent["stall_sites"] else "<p class='muted'>No stall longer than the threshold.</p>"))
+          s["total_ms"], s["longest_ms"], f"{s['share']:.0%}"] for s in sites],
+    ) if worth else "<p class='muted'>" + (
+        f"No stall worth naming ({sum(s['count'] for s in sites)} short ones without an app frame, "
+        f"{stalled_ms:,.0f} ms in all)." if sites else "No stall longer than the threshold.") + "</p>"))
     parts.append("<h3>Hotspots (share of the event-loop thread's busy CPU time)</h3>" + _table(
         ["category", "share"], [[k, f"{v:.0%}"] for k, v in agent["hotspots"].items()]))
     parts.append(
@@ -141,7 +150,7 @@ def verdict_section(diagnosis: Diagnosis | None) -> str:
     if v.secondary:
         parts.append("<h3>Also found</h3><ul>" + "".join(
             f"<li><b>{html.escape(s.bottleneck)}</b>: {html.escape(s.summary)}</li>" for s in v.secondary) + "</ul>")
-    if diagnosis.stages:
+    if len(diagnosis.stages) >= 2:  # one stage is a dot, not a curve
         png = knee_png(diagnosis.stages, diagnosis.knee, onset_t)
         parts.append(
             "<h3>Load stages and the knee</h3><img alt='knee' "
@@ -252,6 +261,7 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | 
         ("server command", " ".join(run.server.command) or run.server.url),
         ("FD limit", json.dumps(dict(run.limits))),
     ])}</table>
-<h2>Scenario</h2><pre>{html.escape(json.dumps(rec.scenario.to_dict(), indent=2))}</pre>
+<h2>Scenario</h2>
+<table>{_rows([(k, "" if v is None else v) for k, v in rec.scenario.fields().items() if v not in ({}, [], ())])}</table>
 </body></html>
 """

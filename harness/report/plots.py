@@ -38,6 +38,7 @@ def knee_png(stages: list[Any], knee: Any, onset_t: float | None) -> bytes:
     lat.plot(x, [s.p99_ms for s in stages], "s--", color="#d62728", label="p99 ms")
     if any(s.p99_ms > 0 for s in stages):
         lat.set_yscale("log")
+        plain_ms(lat)
     lat.set_ylabel("latency (ms)")
     if knee is not None:
         at = next((s.load for s in stages if s.index == knee.stage), None)
@@ -54,63 +55,121 @@ def knee_png(stages: list[Any], knee: Any, onset_t: float | None) -> bytes:
     return buf.getvalue()
 
 
+def plain_ms(ax: Any) -> None:
+    """Plain numbers on a log-scaled latency axis (2.5, 10, 300), not 2.4×10¹."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.4g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+PHASE_SHADE = {"calibrate": "#9467bd", "step": "#1f77b4", "refine": "#17becf", "hold": "#e6a700"}
+
+
+def _stage_spans(rec: Recording) -> list[tuple[float, float, str, str]]:
+    """(start, end, phase, label) of a search's stages: calibration, steps, refinement, the hold."""
+    spans, n = [], 0
+    for e in rec.events:
+        if e.kind == "stage" and e.t_start is not None and e.t_end is not None:
+            phase = e.phase or "step"
+            n += phase == "step"
+            spans.append((e.t_start, e.t_end, phase, f"step {n}" if phase == "step" else phase))
+    return spans
+
+
+def timeline_panels(rec: Recording) -> list[str]:
+    """The timeline's panels: errors and TCP connections only where there were any."""
+    errors = any(k != "ok" for s in rec.seconds for k in s.outcomes)
+    return ["throughput", "latency", *(["errors"] if errors else []), "cpu", "rss", "fds",
+            *(["tcp"] if tcp_series(rec) else [])]
+
+
+def inside_panels(rec: Recording) -> list[str]:
+    """The agents' panels: loop lag, then the threadpool, DB pools and GC only where they were used."""
+    used_tokens = any(p[2] or p[3] for pts in inside.threadpool(rec).values() for p in pts)
+    used_pools = any(p.checked_out for pts in inside.pools(rec).values() for p in pts)
+    return ["lag", *(["threadpool"] if used_tokens else []), *(["pools"] if used_pools else []),
+            *(["gc"] if any(inside.gc_pause_ms(rec).values()) else [])]
+
+
 def timeline_png(
     rec: Recording, offered: list[tuple[float, float]] | None = None, onset_t: float | None = None
 ) -> bytes:
-    """One PNG: throughput, latency, errors, CPU, RSS, FDs and TCP connections against time."""
+    """One PNG: throughput, latency, then errors, CPU, RSS, FDs and TCP connections against time, each
+    panel only where it has something to show; a search's stages shaded on every panel."""
     plt = _pyplot()
     secs = rec.seconds
     window = (-5.0, load_window(rec)[1] + 2.0)
-    fig, axes = plt.subplots(7, 1, figsize=(11, 17), sharex=True, constrained_layout=True)
     ts = [s.t + s.span / 2 for s in secs]
+    spans = _stage_spans(rec)
+    kinds = sorted({k for s in secs for k in s.outcomes if k != "ok"})
+    tcp = tcp_series(rec)
+    panels = timeline_panels(rec)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.4 * len(panels) + 0.6), sharex=True,
+                             constrained_layout=True)
+    ax_of = dict(zip(panels, axes))
 
-    ax = axes[0]
-    ax.plot(ts, [s.sent / s.span if s.span else 0 for s in secs], label="sent/s (offered)", color="#aaaaaa")
+    def between_stages(values: list[float]) -> list[float]:
+        """A search sends nothing between its stages: the line breaks there rather than drop to 0."""
+        if not spans:
+            return values
+        return [v if any(a <= t < b for a, b, *_ in spans) else float("nan") for t, v in zip(ts, values)]
+
+    ax = ax_of["throughput"]
+    ax.plot(ts, between_stages([s.sent / s.span if s.span else 0 for s in secs]), label="sent/s (offered)",
+            color="#aaaaaa")
     if offered:
         ax.plot([t for t, _ in offered], [r for _, r in offered], label="offered rate", color="#555555", linestyle="--")
-    ax.plot(
-        ts, [s.outcomes.get("ok", 0) / s.span if s.span else 0 for s in secs], label="ok/s (achieved)", color="#1f77b4"
-    )
+    ax.plot(ts, between_stages([s.outcomes.get("ok", 0) / s.span if s.span else 0 for s in secs]),
+            label="ok/s (achieved)", color="#1f77b4")
     ax.set_ylabel("req/s")
     ax.set_title("Throughput")
 
-    ax = axes[1]
+    ax = ax_of["latency"]
     for q, color in ((0.5, "#2ca02c"), (0.95, "#ff7f0e"), (0.99, "#d62728")):
-        ax.plot(ts, [s.hist.percentile(q) / 1000 for s in secs], label=f"p{round(q * 100)}", color=color)
+        ax.plot(ts, between_stages([s.hist.percentile(q) / 1000 for s in secs]), label=f"p{round(q * 100)}",
+                color=color)
     ax.set_ylabel("ms")
     ax.set_title("Latency")
     if any(s.hist.max_us > 0 for s in secs):
         ax.set_yscale("log")
+        plain_ms(ax)
 
-    ax = axes[2]
-    kinds = sorted({k for s in secs for k in s.outcomes if k != "ok"})
-    for kind in kinds:
-        ax.plot(ts, [s.outcomes.get(kind, 0) / s.span if s.span else 0 for s in secs], label=kind,
-                color=ERROR_COLORS.get(kind))
-    ax.set_ylabel("errors/s")
-    ax.set_title("Errors by kind" + ("" if kinds else " (none)"))
+    if kinds:
+        ax = ax_of["errors"]
+        for kind in kinds:
+            ax.plot(ts, [s.outcomes.get(kind, 0) / s.span if s.span else 0 for s in secs], label=kind,
+                    color=ERROR_COLORS.get(kind))
+        ax.set_ylabel("errors/s")
+        ax.set_title("Errors by kind")
 
-    _per_process(axes[3], rec, "cpu", "cores", "CPU per process (1.0 = one core)", window)
-    _per_process(axes[4], rec, "rss_mb", "MB", "Resident memory", window)
-    _per_process(axes[5], rec, "fds", "open FDs", "File descriptors", window)
+    _per_process(ax_of["cpu"], rec, "cpu", "cores", "CPU per process (1.0 = one core)", window)
+    _per_process(ax_of["rss"], rec, "rss_mb", "MB", "Resident memory", window)
+    _per_process(ax_of["fds"], rec, "fds", "open FDs", "File descriptors", window)
 
-    ax = axes[6]
-    for state, pts in sorted(tcp_series(rec).items()):
-        ax.plot([t for t, _ in pts], [n for _, n in pts], label=state, drawstyle="steps-post")
-    ax.set_ylabel("connections")
-    ax.set_title("Server TCP connections by state")
-    ax.set_xlabel("seconds since load start")
+    if tcp:
+        ax = ax_of["tcp"]
+        for state, pts in sorted(tcp.items()):
+            ax.plot([t for t, _ in pts], [n for _, n in pts], label=state, drawstyle="steps-post")
+        ax.set_ylabel("connections")
+        ax.set_title("Server TCP connections by state")
+    axes[-1].set_xlabel("seconds since load start")
 
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.axvline(0, color="#999999", linewidth=0.8)
+        for a, b, phase, _ in spans:
+            ax.axvspan(a, b, color=PHASE_SHADE.get(phase, "#1f77b4"), alpha=0.07, linewidth=0)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="upper left", fontsize=8, ncol=4)
     axes[0].set_xlim(*window)
+    top = axes[0].get_ylim()[1]
+    for a, b, _, label in spans:
+        axes[0].annotate(label, ((a + b) / 2, top * 0.98), fontsize=7, ha="center", va="top", color="#555555")
     if onset_t is not None:
         for ax in axes:
             ax.axvline(onset_t, color="#e6a700", linewidth=2)
-        axes[0].annotate("first bottleneck", (onset_t, axes[0].get_ylim()[1] * 0.9), fontsize=8, color="#e6a700")
+        axes[0].annotate("first bottleneck", (onset_t, top * 0.85), fontsize=8, color="#e6a700")
     for e in rec.events:
         if e.t is not None and e.kind in ("worker-started", "worker-exited", "target-died"):
             for ax in axes:
@@ -122,43 +181,51 @@ def timeline_png(
 
 
 def inside_png(rec: Recording) -> bytes | None:
-    """One PNG of what the agents saw: loop lag, threadpool, DB pools, GC; None without agent data."""
+    """One PNG of what the agents saw: loop lag, then the threadpool, DB pools and GC where there is
+    anything to show; None without agent data."""
     lag = inside.loop_lag(rec)
     if not lag:
         return None
     plt = _pyplot()
     window = (-5.0, load_window(rec)[1] + 2.0)
-    fig, axes = plt.subplots(4, 1, figsize=(11, 10), sharex=True, constrained_layout=True)
-    ax = axes[0]
+    threadpool, pools, gc = inside.threadpool(rec), inside.pools(rec), inside.gc_pause_ms(rec)
+    panels = inside_panels(rec)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.5 * len(panels) + 0.5), sharex=True,
+                             constrained_layout=True, squeeze=False)
+    axes = axes[:, 0]
+    ax_of = dict(zip(panels, axes))
+    ax = ax_of["lag"]
     for pid, pts in lag.items():
         ax.plot([t + 0.5 for t, *_ in pts], [p99 for _, _, p99, _ in pts], label=f"p99 worker {pid}")
         ax.plot([t + 0.5 for t, *_ in pts], [m for *_, m in pts], ":", label=f"max worker {pid}")
     for s in inside.stalls(rec):
         ax.axvspan(s.t, s.t + s.duration_ms / 1000, color="#d62728", alpha=0.15, linewidth=0)
     ax.set_yscale("symlog", linthresh=1.0)
+    plain_ms(ax)
     ax.set_ylabel("ms")
     ax.set_title("Event-loop lag (shaded: stalls)")
-    ax = axes[1]
-    for pid, pts in inside.threadpool(rec).items():
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], label=f"borrowed {pid}")
-        ax.plot([p[0] for p in pts], [p[3] for p in pts], "--", label=f"waiting {pid}")
-        ax.axhline(pts[-1][1], color="#999999", linestyle=":", linewidth=1)
-    ax.set_ylabel("threads / tasks")
-    ax.set_title("anyio threadpool (dotted: token limit)")
-    ax = axes[2]
-    for (pid, pool_id), pts in inside.pools(rec).items():
-        line = ax.plot([p.t for p in pts], [p.checked_out for p in pts], label=f"checked out {pid}")[0]
-        ax.plot(
-            [p.t for p in pts], [p.capacity for p in pts], ":", color=line.get_color(), label=f"size+overflow {pid}"
-        )
-    ax.set_ylabel("connections")
-    ax.set_title("DB pools")
-    ax = axes[3]
-    gc = inside.gc_pause_ms(rec)
-    ax.bar([t + 0.5 for t in gc], list(gc.values()), width=0.9, color="#8c564b")
-    ax.set_ylabel("ms per s")
-    ax.set_title("GC pauses (all workers)")
-    ax.set_xlabel("seconds since load start")
+    if "threadpool" in ax_of:
+        ax = ax_of["threadpool"]
+        for pid, pts in threadpool.items():
+            ax.plot([p[0] for p in pts], [p[2] for p in pts], label=f"borrowed {pid}")
+            ax.plot([p[0] for p in pts], [p[3] for p in pts], "--", label=f"waiting {pid}")
+            ax.axhline(pts[-1][1], color="#999999", linestyle=":", linewidth=1)
+        ax.set_ylabel("threads / tasks")
+        ax.set_title("anyio threadpool (dotted: token limit)")
+    if "pools" in ax_of:
+        ax = ax_of["pools"]
+        for (pid, _), pts in pools.items():
+            line = ax.plot([p.t for p in pts], [p.checked_out for p in pts], label=f"checked out {pid}")[0]
+            ax.plot([p.t for p in pts], [p.capacity for p in pts], ":", color=line.get_color(),
+                    label=f"size+overflow {pid}")
+        ax.set_ylabel("connections")
+        ax.set_title("DB pools")
+    if "gc" in ax_of:
+        ax = ax_of["gc"]
+        ax.bar([t + 0.5 for t in gc], list(gc.values()), width=0.9, color="#8c564b")
+        ax.set_ylabel("ms per s")
+        ax.set_title("GC pauses (all workers)")
+    axes[-1].set_xlabel("seconds since load start")
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -171,8 +238,16 @@ def inside_png(rec: Recording) -> bytes | None:
 
 
 def _per_process(ax: Any, rec: Recording, metric: str, unit: str, title: str, window: tuple[float, float]) -> None:
-    for role, style in (("worker", "-"), ("master", ":"), ("driver", "--")):
+    """Each server process its own line; the load generator's processes (a fleet per step) one line, summed."""
+    for role, style in (("worker", "-"), ("master", ":")):
         for pid, pts in proc_series(rec, role, metric, window).items():
             ax.plot([t + 0.5 for t, _ in pts], [v for _, v in pts], style, label=f"{role} {pid}")
+    fleet: dict[int, float] = {}
+    for pts in proc_series(rec, "driver", metric, window).values():
+        for t, v in pts:
+            fleet[t] = fleet.get(t, 0.0) + v
+    if fleet:
+        ax.plot([t + 0.5 for t in sorted(fleet)], [fleet[t] for t in sorted(fleet)], "--", color="#7f7f7f",
+                label="load generator")
     ax.set_ylabel(unit)
     ax.set_title(title)
