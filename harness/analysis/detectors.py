@@ -288,7 +288,10 @@ def detect_event_loop_blocked(ctx: Context) -> list[Finding]:
                 "(e.g. `await asyncio.sleep`, an async client or driver), or run it in a thread with "
                 "`await anyio.to_thread.run_sync(...)` (or make the endpoint a plain `def`)"
                 if top and top.site
-                else "something blocks the loop: profile it (diagnose mode profiles at the knee)"
+                else "the stalls' stacks had no frame of the app's own: see where the loop thread was in the "
+                     "workers' profiles (the report's Profiles)" if ctx.rec.run.mode == "diagnose"
+                else "the stalls' stacks had no frame of the app's own: `fastapi-harness diagnose` profiles every "
+                     "worker at the knee"
             ),
             confidence=0.9 if top and top.share >= 0.5 else 0.6,
         )
@@ -303,8 +306,9 @@ HOTSPOT_ADVICE = {
     "validation": "validation dominates: validate less per request (smaller models, `model_construct` for trusted "
                   "data) or cache validated objects",
     "db": "database driver code dominates: fetch fewer rows/columns, batch queries, or move work into SQL",
-    "app-code": "the app's own code dominates: optimise the function named below, or move CPU-heavy work to a "
-                "process pool (`loop.run_in_executor(ProcessPoolExecutor())`)",
+    "app-code": "the app's own code dominates: make the call site's function cheaper (the evidence lists the "
+                "hottest frames), or move CPU-heavy work to a process pool "
+                "(`loop.run_in_executor(ProcessPoolExecutor())`)",
     "framework": "per-request framework work dominates: the app does little, the server stack is the cost",
     "db-round-trips": "the same statement is sent once per row (N+1): load the rows in one query — a JOIN, "
                       "SQLAlchemy's `selectinload()`/`joinedload()`, or `WHERE id IN (...)` — instead of one per row",

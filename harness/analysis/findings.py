@@ -6,11 +6,23 @@ Both are frozen records with ``to_json``/``from_json``: the verdict is summary.j
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 # validity verdicts: the run proves nothing about the app
 INVALID = ("client-errors", "load-generator-saturated", "host-contended")
+
+
+_LIBRARY_PREFIX = re.compile(r"/[^\s:`'\"()]*/(?:site-packages|dist-packages|lib/python3\.\d+)/")
+
+
+def readable_paths(text: str, app_dir: str | None) -> str:
+    """``text`` with the app's files relative to its directory (``sample_app/main.py:89``) and library
+    frames as ``package/module.py:line``; summary.json's ``call_site.file`` stays absolute."""
+    if app_dir and app_dir not in ("", "/"):
+        text = text.replace(app_dir.rstrip("/") + "/", "")
+    return _LIBRARY_PREFIX.sub("", text)
 
 
 @dataclass(frozen=True)

@@ -318,7 +318,8 @@ def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
 
     lo, hi = window
     app_dir = rec.scenario.app.app_dir if not rec.scenario.url else ""
-    profiles = [p for p in rec.cpu_profiles if p.samples and lo <= p.t_start < hi]
+    # a window that overlaps it: the onset may fall a second into the hold a profile began just before
+    profiles = [p for p in rec.cpu_profiles if p.samples and p.t_start < hi and p.t_start + p.seconds > lo]
     if not profiles:
         cats, top = hotspots(rec, window)
         return CpuHotspots(cats, top, "agent", 0)

@@ -8,6 +8,7 @@ resource's.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from harness.analysis.detectors import (
     Context,
     run_detectors,
 )
-from harness.analysis.findings import INVALID, Finding, Onset, Secondary, Verdict
+from harness.analysis.findings import INVALID, Finding, Onset, Secondary, Verdict, readable_paths
 from harness.analysis.knee import Knee, find_knee, fit_usl
 from harness.analysis.series import role_pids
 from harness.analysis.stages import Stage, calibration_windows, collapsed, search_end, timeline
@@ -96,7 +97,21 @@ INVALID_WHY = {"client-errors": "most requests were answered 4xx, so it measured
 
 def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
     """The first bottleneck among ``findings``; ``unexplained`` when something gave and no rule says
-    why; ``none`` only when the app held the load, latency stayed flat and nothing saturated."""
+    why; ``none`` only when the app held the load, latency stayed flat and nothing saturated. Paths in
+    its words are the app's relative to its directory, a library's from its package."""
+    v = _verdict_of(findings, ctx)
+    app_dir = None if ctx.rec.scenario.url else ctx.rec.scenario.app.app_dir
+
+    def short(text: str) -> str:
+        return readable_paths(text, app_dir)
+
+    return dataclasses.replace(
+        v, summary=short(v.summary), recommendation=short(v.recommendation),
+        evidence=tuple(short(e) for e in v.evidence),
+        secondary=tuple(dataclasses.replace(s, summary=short(s.summary)) for s in v.secondary))
+
+
+def _verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
     knee = ctx.knee
     usl = fit_usl(ctx.stages) if len(ctx.stages) >= 4 else None
     knee_dict = {**knee.to_dict(), "usl": usl.to_dict() if usl else None} if knee else (

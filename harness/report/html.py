@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 from harness.analysis import inside
+from harness.analysis.findings import readable_paths
 from harness.analysis.verdict import Diagnosis
 from harness.recording import Recording
 from harness.report.plots import inside_png, knee_png, timeline_png
+from harness.report.terminal import by_kind
 from harness.shapes import open_shape
 
 STYLE = """
@@ -128,7 +130,7 @@ def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def verdict_section(diagnosis: Diagnosis | None) -> str:
+def verdict_section(diagnosis: Diagnosis | None, app_dir: str | None = None) -> str:
     """The verdict in words, its evidence and fix, secondary findings, the knee plot and USL figures."""
     if diagnosis is None:
         return "<p class='muted'>No diagnosis was made for this run.</p>"
@@ -136,9 +138,12 @@ def verdict_section(diagnosis: Diagnosis | None) -> str:
     onset_t = v.onset.t_s if v.onset else None
     rows: list[tuple[str, Any]] = [("bottleneck", v.bottleneck), ("confidence", f"{v.confidence:.0%}")]
     if v.onset:
-        rows.append(("onset", f"t = {v.onset.t_s} s, offered {v.onset.offered_rps} req/s, users {v.onset.users}"))
+        rows.append(("onset", ", ".join(x for x in (
+            f"t = {v.onset.t_s:.0f} s" if v.onset.t_s is not None else "",
+            f"offered {v.onset.offered_rps:,.0f} req/s" if v.onset.offered_rps is not None else "",
+            f"{v.onset.users} users" if v.onset.users is not None else "") if x)))
     if v.call_site:
-        rows.append(("call site", f"{v.call_site} in {v.call_site.function}()"))
+        rows.append(("call site", readable_paths(f"{v.call_site} in {v.call_site.function}()", app_dir)))
     if v.hotspot:
         rows.append(("hotspot", v.hotspot))
     parts = [f"<div class='verdict'><b>{html.escape(v.bottleneck)}</b> — {html.escape(v.summary)}</div>",
@@ -234,14 +239,14 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | 
 <h1>{html.escape(summary['scenario'])}
 <span class="muted">— {html.escape(summary['status'])}, {html.escape(summary['started_at'])}</span></h1>
 <h2>Verdict</h2>
-{verdict_section(diagnosis)}
+{verdict_section(diagnosis, None if rec.scenario.url else rec.scenario.app.app_dir)}
 <h2>Summary</h2>
 <table>{_rows([
         ("server", f"{summary['server']} × {summary['workers']} worker(s)"),
         ("requests", f"{summary['requests']:,} in {summary['duration_s']:.1f} s"),
         ("throughput", f"{summary['throughput_rps']:,.1f} req/s"),
         ("latency (ms)", ", ".join(f"{k} {v:.2f}" for k, v in lat.items())),
-        ("errors", f"{err['total']:,} ({err['rate']:.2%}) {err['by_kind'] or ''}"),
+        ("errors", f"{err['total']:,} ({err['rate']:.2%})" + by_kind(err)),
         ("worker CPU p90 (busiest)", f"{res['worker_cpu_p90']:.2f} cores"),
         ("worker RSS max", f"{res['worker_rss_max_mb']:.1f} MB"),
         ("FDs max (server)", res["fds_max"]),

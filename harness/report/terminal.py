@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +29,12 @@ def format_progress(p: Progress) -> str:
     return f"[{where}] {rate}   {p99}   errors {p.errors:,}{done}"
 
 
+def by_kind(err: dict[str, Any]) -> str:
+    """Errors by kind in words: ": timeout 470, 5xx 3" (empty when there were none)."""
+    return (": " + ", ".join(f"{k} {n:,}" for k, n in sorted(err["by_kind"].items(), key=lambda kv: -kv[1]))
+            if err["by_kind"] else "")
+
+
 def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> str:
     """The final summary table as plain text (rich-rendered)."""
     from rich.console import Console
@@ -44,7 +51,7 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
         ("requests", f"{summary['requests']:,} in {summary['duration_s']:.1f} s"),
         ("throughput", f"{summary['throughput_rps']:,.1f} req/s"),
         ("latency ms", "  ".join(f"{k} {lat[k]:.2f}" for k in ("p50", "p90", "p95", "p99", "p999", "max"))),
-        ("errors", f"{err['total']:,} ({err['rate']:.2%})" + (f"  {err['by_kind']}" if err["by_kind"] else "")),
+        ("errors", f"{err['total']:,} ({err['rate']:.2%})" + by_kind(err)),
         ("worker CPU p90", f"{res['worker_cpu_p90']:.2f} cores (busiest worker)"),
         ("worker RSS max", f"{res['worker_rss_max_mb']:.1f} MB"),
         ("FDs max", f"{res['fds_max']}"),
@@ -62,7 +69,7 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
         rows.insert(0, ("verdict", f"{verdict['bottleneck']}: {verdict['summary']}"))
         for i, also in enumerate(verdict.get("secondary", ()), 1):
             rows.insert(i, ("also found", f"{also['bottleneck']}: {also['summary']}"))
-    rows.append(("report", run_dir))
+    rows.append(("report", os.path.join(run_dir, "report.html")))
     for k, v in rows:
         table.add_row(k, v)
     buf = io.StringIO()

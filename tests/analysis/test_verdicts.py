@@ -114,3 +114,13 @@ def test_a_run_answered_mostly_4xx_is_invalid_naming_the_status_and_path(share, 
     assert (v.bottleneck == "client-errors") is invalid, v.summary
     if invalid:
         assert v.invalid and "404 for GET /fsat" in v.summary and f"({share:.0%})" in v.summary
+
+
+@pytest.mark.parametrize("after,source", [(1.0, "py-spy"), (3.9, "py-spy"), (4.1, "agent")])
+def test_a_profile_that_overlaps_the_window_is_its_cpu_samples(after, source):
+    """An onset a second into the hold still reads the hold's py-spy profile, which began just before it."""
+    from harness.analysis.inside import cpu_hotspots
+
+    rec = load("diagnose_middleware")
+    (profile,) = [p for p in rec.cpu_profiles if p.samples]
+    assert cpu_hotspots(rec, (profile.t_start + after, float("inf"))).source == source
