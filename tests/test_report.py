@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 from harness.analysis import inside
 from harness.analysis.summary import summarize
@@ -58,3 +59,10 @@ def test_a_one_stage_run_has_no_knee_plot():
     rec = Recording.load(DATA / "smoke_run")
     d = diagnose(rec)
     assert len(d.stages) < 2 and "Load stages and the knee" not in render_html(rec, summarize(rec, d.verdict), d)
+
+
+def test_the_readmes_report_screenshots_are_committed():
+    from tests.conftest import ROOT
+
+    shots = re.findall(r"\]\((docs/[\w.-]+\.png)\)", (ROOT / "README.md").read_text())
+    assert len(shots) >= 2 and all((ROOT / s).stat().st_size > 50_000 for s in shots)

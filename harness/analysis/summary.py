@@ -35,7 +35,8 @@ def summarize(rec: Recording, verdict: Verdict | None = None) -> dict[str, Any]:
         "scenario": rec.scenario.name,
         "started_at": rec.run.started_at,
         "status": rec.status,
-        "duration_s": round(duration, 3),
+        "duration_s": round(duration, 3),  # seconds with load (a search's pauses between stages left out)
+        "elapsed_s": round(window[1], 3),  # from the load's start to its end (the clock onsets are on)
         "requests": requests,
         "throughput_rps": round(requests / duration, 2) if duration else 0.0,
         "latency_ms": latency,

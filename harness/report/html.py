@@ -12,7 +12,7 @@ from harness.analysis.findings import readable_paths
 from harness.analysis.verdict import Diagnosis
 from harness.recording import Recording
 from harness.report.plots import inside_png, knee_png, timeline_png
-from harness.report.terminal import by_kind
+from harness.report.terminal import by_kind, requests_line
 from harness.shapes import open_shape
 
 STYLE = """
@@ -243,7 +243,7 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | 
 <h2>Summary</h2>
 <table>{_rows([
         ("server", f"{summary['server']} × {summary['workers']} worker(s)"),
-        ("requests", f"{summary['requests']:,} in {summary['duration_s']:.1f} s"),
+        ("requests", requests_line(summary)),
         ("throughput", f"{summary['throughput_rps']:,.1f} req/s"),
         ("latency (ms)", ", ".join(f"{k} {v:.2f}" for k, v in lat.items())),
         ("errors", f"{err['total']:,} ({err['rate']:.2%})" + by_kind(err)),

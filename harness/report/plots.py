@@ -55,10 +55,13 @@ def knee_png(stages: list[Any], knee: Any, onset_t: float | None) -> bytes:
     return buf.getvalue()
 
 
-def plain_ms(ax: Any) -> None:
-    """Plain numbers on a log-scaled latency axis (2.5, 10, 300), not 2.4×10¹."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+def plain_ms(ax: Any, log: bool = True) -> None:
+    """Plain numbers on a log-scaled latency axis (2, 5, 10, 20, 50), not 2.4×10¹ or no label at all
+    when the values span less than a decade."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    if log:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.4g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
 
@@ -201,7 +204,7 @@ def inside_png(rec: Recording) -> bytes | None:
     for s in inside.stalls(rec):
         ax.axvspan(s.t, s.t + s.duration_ms / 1000, color="#d62728", alpha=0.15, linewidth=0)
     ax.set_yscale("symlog", linthresh=1.0)
-    plain_ms(ax)
+    plain_ms(ax, log=False)
     ax.set_ylabel("ms")
     ax.set_title("Event-loop lag (shaded: stalls)")
     if "threadpool" in ax_of:

@@ -29,6 +29,13 @@ def format_progress(p: Progress) -> str:
     return f"[{where}] {rate}   {p99}   errors {p.errors:,}{done}"
 
 
+def requests_line(summary: dict[str, Any]) -> str:
+    """"10,026 in 5.0 s", or for a search "428 in 26.7 s of load, over 35.0 s" (onsets are on the latter clock)."""
+    load, elapsed = summary["duration_s"], summary.get("elapsed_s", 0.0)
+    over = f" of load, over {elapsed:.1f} s" if elapsed - load > 1.0 else ""
+    return f"{summary['requests']:,} in {load:.1f} s{over}"
+
+
 def by_kind(err: dict[str, Any]) -> str:
     """Errors by kind in words: ": timeout 470, 5xx 3" (empty when there were none)."""
     return (": " + ", ".join(f"{k} {n:,}" for k, n in sorted(err["by_kind"].items(), key=lambda kv: -kv[1]))
@@ -48,7 +55,7 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
     table.add_column()
     rows = [
         ("server", f"{summary['server']} × {summary['workers']} worker(s)"),
-        ("requests", f"{summary['requests']:,} in {summary['duration_s']:.1f} s"),
+        ("requests", requests_line(summary)),
         ("throughput", f"{summary['throughput_rps']:,.1f} req/s"),
         ("latency ms", "  ".join(f"{k} {lat[k]:.2f}" for k in ("p50", "p90", "p95", "p99", "p999", "max"))),
         ("errors", f"{err['total']:,} ({err['rate']:.2%})" + by_kind(err)),
