@@ -66,3 +66,19 @@ def test_the_readmes_report_screenshots_are_committed():
 
     shots = re.findall(r"\]\((docs/[\w.-]+\.png)\)", (ROOT / "README.md").read_text())
     assert len(shots) >= 2 and all((ROOT / s).stat().st_size > 50_000 for s in shots)
+
+
+def test_the_words_name_app_paths_relative_and_no_python_reprs():
+    from harness.report.terminal import format_summary
+
+    rec = Recording.load(DATA / "diagnose_blocking")
+    d = diagnose(rec)
+    summary = summarize(rec, d.verdict)
+    text = " ".join([d.verdict.summary, d.verdict.recommendation, *d.verdict.evidence])
+    assert "sample_app/main.py:" in text and rec.scenario.app.app_dir + "/" not in text, text
+    assert d.verdict.call_site.file.startswith("/")  # summary.json keeps the absolute path for tools
+    page = render_html(rec, summary, d)
+    assert "users None" not in page and "None req/s" not in page
+    summary["errors"]["by_kind"] = {"timeout": 470, "5xx": 3}
+    table = format_summary(summary, "/runs/x", width=200)
+    assert "timeout 470, 5xx 3" in table and "{" not in table and "/runs/x/report.html" in table

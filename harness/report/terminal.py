@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ def by_kind(err: dict[str, Any]) -> str:
             if err["by_kind"] else "")
 
 
-def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> str:
-    """The final summary table as plain text (rich-rendered)."""
+def format_summary(summary: dict[str, Any], run_dir: str, width: int | None = None) -> str:
+    """The final summary table as plain text (rich-rendered), as wide as the terminal (at least 100
+    columns), so paths are not cut mid-way on a wide one."""
     from rich.console import Console
     from rich.table import Table
 
@@ -80,5 +82,6 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int = 100) -> s
     for k, v in rows:
         table.add_row(k, v)
     buf = io.StringIO()
+    width = width or max(100, shutil.get_terminal_size((100, 24)).columns)
     Console(file=buf, width=width, force_terminal=False, color_system=None).print(table)
     return buf.getvalue()
