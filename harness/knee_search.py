@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.analysis.knee import MIN_REQUESTS_FOR_P99, past_knee
-from harness.analysis.stages import stage_from_seconds
+from harness.analysis.stages import Stage, stage_from_seconds
 from harness.config import LoadConfig, Scenario, parse_duration
 from harness.errors import ConfigError
 from harness.recording import merge_seconds
@@ -109,12 +109,7 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
         if session.now() + opts.step_s + hold_len > opts.max_time_s:
             say(f"stopping: the next step would pass --max-time {opts.max_time_s:.0f}s")
             break
-        start = session.next_start()
-        step, offered, users_ = _at_level(scenario, level, closed, opts.step_s)
-        records = session.drive(step, start, deadline=deadline, step=f"step {index} · {_level(level, closed)}")
-        session.event("stage", phase="step", t_start=start, t_end=start + opts.step_s, offered_rps=offered,
-                      users=users_)
-        stage = stage_from_seconds(index, start, start + opts.step_s, offered, users_, merge_seconds(records))
+        stage = _drive_step(session, scenario, opts, level, deadline, "step", index)
         if stage is None:
             break
         # the hold profiles at the last level stepped (not at one never tried), offering no more than
@@ -145,6 +140,16 @@ def search_knee(session: Session, scenario: Scenario, opts: DiagnoseOptions, say
     _hold(session, scenario, opts, hold, closed, hold_len, deadline, say, outran)
 
 
+def _drive_step(session: Session, scenario: Scenario, opts: DiagnoseOptions, level: float, deadline: float,
+                phase: str, index: int) -> Stage | None:
+    """One step of ``opts.step_s`` at ``level``, marked as a stage event of ``phase``; its stage."""
+    start = session.next_start()
+    step, offered, users_ = _at_level(scenario, level, opts.closed, opts.step_s)
+    records = session.drive(step, start, deadline=deadline, step=f"{phase} {index} · {_level(level, opts.closed)}")
+    session.event("stage", phase=phase, t_start=start, t_end=start + opts.step_s, offered_rps=offered, users=users_)
+    return stage_from_seconds(index, start, start + opts.step_s, offered, users_, merge_seconds(records))
+
+
 def _refine(session: Session, scenario: Scenario, opts: DiagnoseOptions, good: float, bad: float, baseline: float,
             hold_len: float, deadline: float, say: Callable[[str], None]) -> None:
     """Bisect between ``good`` (a level the app held) and ``bad`` (one past the knee) until they are
@@ -160,12 +165,7 @@ def _refine(session: Session, scenario: Scenario, opts: DiagnoseOptions, good: f
             say(f"refining stopped by --max-time {opts.max_time_s:.0f}s")
             break
         level = round((good + bad) / 2) if closed else (good + bad) / 2
-        start = session.next_start()
-        step, offered, users_ = _at_level(scenario, level, closed, opts.step_s)
-        records = session.drive(step, start, deadline=deadline, step=f"refine {refined + 1} · {_level(level, closed)}")
-        session.event("stage", phase="refine", t_start=start, t_end=start + opts.step_s, offered_rps=offered,
-                      users=users_)
-        stage = stage_from_seconds(0, start, start + opts.step_s, offered, users_, merge_seconds(records))
+        stage = _drive_step(session, scenario, opts, level, deadline, "refine", refined + 1)
         if stage is None:
             break
         refined += 1

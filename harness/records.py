@@ -518,6 +518,7 @@ class AgentProfile:
     files: tuple[str, ...]
     errors: tuple[str, ...]  # why a profiler gave nothing (one not installed in the app's interpreter, ...)
     grew: tuple[tuple[str, int, int, int], ...] = ()  # (file, line, bytes, blocks): tracemalloc's top growth
+    grew_types: tuple[tuple[str, int], ...] = ()  # (module.Type, live objects gained) over the window
 
 
 AgentRecord = Union[AgentHello, AgentTick, AgentStall, AgentGap, AgentProfile]
@@ -594,10 +595,11 @@ def _gap(d: Mapping[str, Any], fmt: int) -> AgentGap:
 
 
 def _profile(d: Mapping[str, Any], fmt: int) -> AgentProfile:
-    _check("agent profile", d, _keys("id", "seconds", "files", "errors", "grew"))
+    _check("agent profile", d, _keys("id", "seconds", "files", "errors", "grew", "grew_types"))
     return AgentProfile(int(d["id"]), float(d.get("seconds", 0.0)), tuple(d.get("files", ())),
                         tuple(str(e) for e in (d.get("errors") or ())),
-                        tuple((str(f), int(line), int(size), int(n)) for f, line, size, n in d.get("grew", ())))
+                        tuple((str(f), int(line), int(size), int(n)) for f, line, size, n in d.get("grew", ())),
+                        tuple((str(t), int(n)) for t, n in d.get("grew_types", ())))
 
 
 _AGENT_READERS: dict[str, Callable[[Mapping[str, Any], int], AgentRecord]] = {

@@ -11,6 +11,8 @@ on the agent's thread, not the loop.
 
 from __future__ import annotations
 
+import collections
+import gc
 import json
 import os
 import sys
@@ -35,6 +37,7 @@ class ProfileControl:
         self.session: Any = None
         self.ready = threading.Event()
         self.snapshot: Any = None  # tracemalloc's, at the window's start
+        self.types: Optional[Dict[str, int]] = None  # live objects per type, at the window's start
 
     def poll(self) -> None:
         """Called on every tick of the agent's thread: start or finish a profile window."""
@@ -88,6 +91,7 @@ class ProfileControl:
             if not tracemalloc.is_tracing():
                 tracemalloc.start(1)
                 self.snapshot = tracemalloc.take_snapshot()
+            self.types = type_counts()
 
     def _start_on_loop(self) -> None:
         self.pyinstrument.start()
@@ -139,7 +143,16 @@ class ProfileControl:
             pass
         self.agent.emit({"type": "profile", "id": window["id"], "seconds": window["seconds"],
                          "files": [os.path.basename(p) for p in files], "errors": window["errors"],
-                         "grew": self._grew()})
+                         "grew": self._grew(), "grew_types": self._grew_types()})
+
+    def _grew_types(self) -> List[List[Any]]:
+        """[type, objects] of the types whose live (GC-tracked) objects grew most in the window."""
+        if self.types is None:
+            return []
+        before, self.types = self.types, None
+        after = type_counts()
+        grown = sorted(((n - before.get(name, 0), name) for name, n in after.items()), reverse=True)
+        return [[name, n] for n, name in grown[:GREW_TOP] if n > 0]
 
     def _grew(self) -> List[List[Any]]:
         """[file, line, bytes, blocks] of the allocation sites whose live memory grew most in the window."""
@@ -162,3 +175,14 @@ class ProfileControl:
             if "fastapi_harness_agent" not in frame.filename and "tracemalloc" not in frame.filename:
                 out.append([frame.filename, frame.lineno, stat.size_diff, stat.count_diff])
         return out
+
+
+def type_counts() -> Dict[str, int]:
+    """Live GC-tracked objects per type ("module.Qualname"): one pass over the heap, on the agent's
+    thread, twice a profile window and only with ``[agent] tracemalloc`` (it holds the GIL meanwhile)."""
+    by_type = collections.Counter(map(type, gc.get_objects()))  # counted in C; named once per type
+    counts: Dict[str, int] = {}
+    for t, n in by_type.items():
+        name = f"{t.__module__}.{t.__qualname__}"
+        counts[name] = counts.get(name, 0) + n
+    return counts

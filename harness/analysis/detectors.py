@@ -913,7 +913,7 @@ def detect_memory_growth(ctx: Context) -> list[Finding]:
             "(`LD_PRELOAD`), look for native buffers or mmaps that are never freed, or recycle workers "
             "(gunicorn `--max-requests`)")
     app_dir = ctx.rec.scenario.app.app_dir if not ctx.rec.scenario.url else ""
-    sites = inside.grew(ctx.rec)
+    sites, types = inside.grew(ctx.rec), inside.grew_types(ctx.rec)
     top = next((s for s in sites if inside.is_app_path(s[0], app_dir)), None)
     return [_finding(
         ctx, "memory-growth", onset,
@@ -923,7 +923,9 @@ def detect_memory_growth(ctx: Context) -> list[Finding]:
         evidence=((f"live allocations (pymalloc blocks × {BLOCK_BYTES} B + what malloc has handed out) grew "
                    f"{live:.1f} MB/s of RSS's {slope:.1f}",) if live is not None else ())
         + tuple(f"tracemalloc over the profile window: +{size / 2**20:.1f} MB in {n:+,} blocks allocated at "
-                f"{path}:{line}" for path, line, size, n in sites[:3]),
+                f"{path}:{line}" for path, line, size, n in sites[:3])
+        + (("live objects that grew over the profile window: "
+            + ", ".join(f"{name} {n:+,}" for name, n in types[:5]),) if types else ()),
         summary=f"memory grows without bound under load ({slope:.1f} MB/s)" + (f", {where}" if where else ""),
         recommendation=recommendation,
         confidence=0.85)]

@@ -229,6 +229,16 @@ def grew(rec: Recording) -> list[tuple[str, int, int, int]]:
     return sorted(((p, line, size, n) for (p, line), (size, n) in total.items()), key=lambda x: -x[2])
 
 
+def grew_types(rec: Recording) -> list[tuple[str, int]]:
+    """(type, objects gained) of the types whose live objects grew most in the profile windows
+    (with ``[agent] tracemalloc``), all workers together, most first."""
+    total: Counter[str] = Counter()
+    for _, r in records(rec, AgentProfile):
+        for name, n in r.grew_types:
+            total[name] += n
+    return total.most_common()
+
+
 @dataclass(frozen=True)
 class Wait:
     """In-flight time spent waiting, of one kind at one app line, over a window."""

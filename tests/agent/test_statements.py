@@ -170,3 +170,17 @@ def test_the_profile_window_names_where_memory_grew():
     assert path == __file__ and "bytearray(4096)" in open(__file__).read().splitlines()[line - 1]
     assert size >= 500 * 4096 and blocks >= 500
     del kept
+
+
+def test_the_profile_window_names_the_types_whose_objects_grew():
+    from harness.agent.profiling import ProfileControl, type_counts
+
+    class Session:  # what an app might keep per request
+        pass
+
+    control = ProfileControl(types.SimpleNamespace(options={"tracemalloc": True}))
+    control.types = type_counts()
+    kept = [Session() for _ in range(700)]
+    grew = control._grew_types()
+    assert control.types is None and grew[0] == [f"{__name__}.{Session.__qualname__}", 700], grew[:3]
+    del kept

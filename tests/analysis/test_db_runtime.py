@@ -12,7 +12,7 @@ import pytest
 from harness.analysis import detectors, inside
 from harness.analysis.verdict import context, diagnose
 from harness.recording import Recording
-from harness.records import AgentHello, AgentTick, CpuProfile
+from harness.records import AgentHello, AgentProfile, AgentTick, CpuProfile
 from tests.conftest import DATA
 
 
@@ -184,3 +184,14 @@ def test_middleware_is_not_named_when_the_app_has_none():
               for pid, rows in rec.agents.items()}
     v = diagnose(dataclasses.replace(rec, agents=agents)).verdict
     assert v.hotspot == "framework" and "BaseHTTPMiddleware" not in v.summary
+
+
+def test_memory_growth_names_the_types_that_grew_in_the_profile_window():
+    rec = load("diagnose_leak_memory")
+    agents = {pid: [dataclasses.replace(r, grew_types=(("builtins.bytearray", 1200), ("builtins.dict", 3)))
+                    if isinstance(r, AgentProfile) else r for r in rows] for pid, rows in rec.agents.items()}
+    (found,) = detectors.detect_memory_growth(context(dataclasses.replace(rec, agents=agents)))
+    assert "live objects that grew over the profile window: builtins.bytearray +1,200, builtins.dict +3" \
+        in found.evidence
+    (plain,) = detectors.detect_memory_growth(context(rec))  # recorded without the types: nothing claimed
+    assert not any("live objects" in e for e in plain.evidence)
