@@ -1,7 +1,7 @@
 """What the in-process agent costs: /fast on one worker, with and without the agent.
 
     python benchmarks/agent_overhead.py [--boots 5] [--rounds 4] [--seconds 3] [--users 50] [--aa]
-                                        [--hotspot-hz HZ]
+                                        [--hotspot-hz HZ] [--agent FIELD=VALUE]
 
 Boots two copies of sample_app through the harness launcher, each one uvicorn worker
 (scenarios/fast.toml): A without the agent, B with it (no profiling; ``--aa``: B without it
@@ -88,10 +88,15 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--aa", action="store_true", help="B without the agent too (an A/A check)")
     ap.add_argument("--hotspot-hz", type=float, help="the agent's [agent] hotspot_hz (default: the scenario's)")
+    ap.add_argument("--agent", action="append", default=[], metavar="FIELD=VALUE",
+                    help="any [agent] field for B, e.g. --agent stall_threshold=100ms (repeatable)")
     args = ap.parse_args()
     overrides = {"load.users": args.users, "load.duration": f"{args.seconds}s"}
     if args.hotspot_hz is not None:
         overrides["agent.hotspot_hz"] = args.hotspot_hz
+    for item in args.agent:
+        field, _, value = item.partition("=")
+        overrides[f"agent.{field}"] = value
     scenario = load_scenario(ROOT / "scenarios" / "fast.toml", overrides=overrides)
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) > 1:
