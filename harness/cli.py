@@ -70,6 +70,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _app_flags(group: Any) -> None:
+    group.add_argument("--app", help="boot this app without a scenario file: module:attribute")
+    group.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
+    group.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
+
+
+def _request_flags(group: Any, target: str) -> None:
+    group.add_argument("--get", action="append", default=[], metavar="PATH",
+                       help=f"with {target}: GET this path (repeatable)")
+    group.add_argument("--post", action="append", default=[], metavar="PATH",
+                       help=f"with {target}: POST this path (repeatable)")
+    group.add_argument("--body", metavar="JSON|@FILE",
+                       help="with --post: the body, inline or @file (sent as application/json when it parses as "
+                            "JSON, else as --content-type)")
+    group.add_argument("--content-type", default="", metavar="TYPE",
+                       help="with --body: its Content-Type (default: application/json for JSON, else text/plain)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     """Options shared by run and diagnose."""
     p.add_argument("scenario", nargs="?", help="scenario .toml file (default: the built-in smoke scenario)")
@@ -77,26 +95,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     target.add_argument("--url", help="drive a server that is already running, e.g. http://127.0.0.1:8000")
     target.add_argument("--pid", type=int, help="with --url: sample this process and its children")
     target.add_argument("--allow-remote", action="store_true", help="allow --url to name a non-loopback host")
-    target.add_argument("--app", help="boot this app without a scenario file: module:attribute")
-    target.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
-    target.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
+    _app_flags(target)
     target.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the server (repeatable)"
     )
     target.add_argument("--jmx", metavar="PLAN", help="take the load and requests from a JMeter test plan (.jmx)")
     target.add_argument("-J", dest="jmeter_props", action="append", default=[], metavar="NAME=VALUE",
                         help="with --jmx: a JMeter property for ${__P(name,default)} (repeatable)")
-    target.add_argument(
-        "--get", action="append", default=[], metavar="PATH", help="with --url/--app: GET this path (repeatable)"
-    )
-    target.add_argument(
-        "--post", action="append", default=[], metavar="PATH", help="with --url/--app: POST this path (repeatable)"
-    )
-    target.add_argument("--body", metavar="JSON|@FILE",
-                        help="with --post: the body, inline or @file (sent as application/json when it parses as "
-                             "JSON, else as --content-type)")
-    target.add_argument("--content-type", default="", metavar="TYPE",
-                        help="with --body: its Content-Type (default: application/json for JSON, else text/plain)")
+    _request_flags(target, "--url/--app")
     over = p.add_argument_group("overrides (win over the scenario file)")
     over.add_argument("--workers", type=int, help="server worker processes")
     over.add_argument("--server", choices=SERVERS, help="the server that runs the app")
@@ -153,16 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "load, and compare throughput within the SLO, latency, CPU cost and bottlenecks.")
     comp.add_argument("scenario", nargs="?", help="the base scenario .toml file (or --app with --get)")
     inline = comp.add_argument_group("target without a scenario file (as run takes them)")
-    inline.add_argument("--app", help="boot this app: module:attribute")
-    inline.add_argument("--app-dir", help="with --app: the directory it is imported from (default: .)")
-    inline.add_argument("--factory", action="store_true", help="with --app: it names a factory returning the app")
-    inline.add_argument("--get", action="append", default=[], metavar="PATH",
-                        help="with --app: GET this path (repeatable)")
-    inline.add_argument("--post", action="append", default=[], metavar="PATH",
-                        help="with --app: POST this path (repeatable)")
-    inline.add_argument("--body", metavar="JSON|@FILE", help="with --post: the body, inline or @file")
-    inline.add_argument("--content-type", default="", metavar="TYPE",
-                        help="with --body: its Content-Type (default: application/json for JSON, else text/plain)")
+    _app_flags(inline)
+    _request_flags(inline, "--app")
     comp.add_argument("--workers", help="worker counts to try, e.g. 1,2,4")
     comp.add_argument("--server", help="servers to try, e.g. uvicorn,gunicorn")
     comp.add_argument("--set", action="append", default=[], metavar="PATH=V1,V2",
