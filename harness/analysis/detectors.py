@@ -964,9 +964,14 @@ def detect_server_errors(ctx: Context) -> list[Finding]:
             rule=f"the target exited mid-run at t={died.t:.0f}s",
             summary="the app's server exited mid-run", confidence=0.9,
             recommendation="read server.stderr.log in the run directory for why it exited, and fix that")]
-    rate = {s.t: s.errors / s.completed for s in ctx.rec.seconds if s.completed}
+    rate = ctx.steady({s.t: s.errors / s.completed for s in ctx.rec.seconds if s.completed})
     limit = max(ctx.slo_errors, ERROR_RATE)
-    onset = sustained_onset(ctx.steady(rate), lambda v: v > limit)
+    refused = _connections_refused(ctx)
+    onset = sustained_onset(rate, lambda v: v > limit)
+    if onset is None and refused:
+        # refusals come while the pools grow (and again whenever they regrow): one second of them past the
+        # limit is the misconfiguration showing, not noise
+        onset = next((t for t, v in sorted(rate.items()) if v > limit), None)
     if onset is None:
         return []
     kinds: dict[str, int] = {}
@@ -975,7 +980,6 @@ def detect_server_errors(ctx: Context) -> list[Finding]:
             if k != "ok":
                 kinds[k] = kinds.get(k, 0) + n
     exc = inside.exceptions(ctx.rec)
-    refused = _connections_refused(ctx)
     if refused:
         return [_finding(
             ctx, "server-errors", onset,

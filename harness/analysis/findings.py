@@ -51,7 +51,7 @@ class Finding:
     share: float | None = None
     onset_offered_rps: float | None = None
     onset_users: int | None = None
-    cause: str | None = None  # server-errors: the failure's known cause, which outranks a resource at its onset
+    cause: str | None = None  # server-errors: the failure's known cause, which outranks any resource before the knee
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -79,8 +79,10 @@ def first_bottleneck(findings: list[Finding], knee: Knee | None, knee_end: float
     rank = {k: i for i, k in enumerate(CAUSAL_ORDER)}
     earliest = min(f.onset_t for f in pool)  # type: ignore[type-var]
     tied = [f for f in pool if f.onset_t <= earliest + TIE_S]  # type: ignore[operator]
-    # errors with a known cause (the database refused connections) outrank what saturates with them
-    chosen = next((f for f in tied if f.kind == "server-errors" and f.cause), None) or min(
+    # errors with a known cause (the database refused connections: workers × pool above its limit) are
+    # the verdict whenever they come before the knee's end: the CPU or a pool saturating first does not
+    # fix requests that fail, and which onset comes first is a race between the pools' growth and the load
+    chosen = next((f for f in pool if f.kind == "server-errors" and f.cause), None) or min(
         tied, key=lambda f: rank.get(f.kind, len(rank)))
     if chosen.kind == "server-errors" and not chosen.cause:
         # errors name the bottleneck only when they come before every resource onset

@@ -124,3 +124,29 @@ def test_a_profile_that_overlaps_the_window_is_its_cpu_samples(after, source):
     rec = load("diagnose_middleware")
     (profile,) = [p for p in rec.cpu_profiles if p.samples]
     assert cpu_hotspots(rec, (profile.t_start + after, float("inf"))).source == source
+
+
+@pytest.mark.parametrize("cause,expected", [("connections refused", "server-errors"), (None, "cpu-saturated")])
+def test_errors_with_a_known_cause_outrank_an_earlier_resource(cause, expected):
+    from harness.analysis.findings import Finding
+    from harness.analysis.verdict import first_bottleneck
+
+    cpu = Finding("cpu-saturated", 1.0, "worker ≥ 80 %", "more workers", 0.85)
+    errors = Finding("server-errors", 9.0, "error rate 12 %", "fewer connections", 0.9, cause=cause)
+    assert first_bottleneck([cpu, errors], None, None).kind == expected
+
+
+@pytest.mark.parametrize("refused,fires", [(6, True), (4, False)])
+def test_refused_connections_in_one_second_are_the_verdict_past_the_error_limit(refused, fires):
+    """The pools grew past PostgreSQL's max_connections in the first second only: 2 workers × 40 against 50."""
+    rec = load("run_pg_refused")
+    records = []
+    for r in rec.driver_records:  # that second's failures scaled to `refused` 5xx (1 % of ≈ 500 is the limit)
+        if isinstance(r, DriverSecond) and r.outcomes.get("5xx"):
+            r = dataclasses.replace(r, outcomes={"ok": r.outcomes["ok"], "5xx": refused})
+        records.append(r)
+    v = diagnose(dataclasses.replace(rec, driver_records=tuple(records))).verdict
+    assert (v.bottleneck == "server-errors") is fires, v.summary
+    if fires:
+        assert "the database refuses connections" in v.summary and "= 80 connections against max_connections = 50" \
+            in v.summary
