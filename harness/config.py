@@ -21,6 +21,8 @@ from harness.errors import ConfigError, RecordError
 SERVERS = ("uvicorn", "gunicorn")
 LOOPS = ("auto", "uvloop", "asyncio")
 MODELS = ("closed", "open")
+PROXIES = ("none", "nginx")
+BALANCES = ("round_robin", "least_conn")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
@@ -38,6 +40,7 @@ class AppConfig:
     factory: bool = False
     server: str = "uvicorn"
     workers: int = 1
+    instances: int = 1  # independent servers, each with its own workers and port (behind [proxy])
     loop: str = "auto"
     port: int = 0
     access_log: bool = False
@@ -114,6 +117,27 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    kind: str = "none"  # "nginx": the harness runs nginx in front of [app] instances and loads it
+    balance: str = "round_robin"
+    workers: int = 1
+    worker_connections: int = 1024
+    binary: str = "nginx"  # a name on the PATH (or in /usr/sbin) or a path
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    start: bool = False  # the harness runs redis-server on a free loopback port for the run
+    url: str = ""  # or one already running, e.g. redis://127.0.0.1:6379/0
+    env: str = "REDIS_URL"  # the environment variable the app reads the Redis URL from
+    binary: str = "redis-server"  # with start: a name on the PATH (or in /usr/bin, /usr/sbin) or a path
+
+    @property
+    def enabled(self) -> bool:
+        return self.start or bool(self.url)
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     app: AppConfig
@@ -123,6 +147,8 @@ class Scenario:
     sampling: SamplingConfig = SamplingConfig()
     agent: AgentConfig = AgentConfig()
     database: DatabaseConfig = DatabaseConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    redis: RedisConfig = RedisConfig()
     url: str = ""  # an already-running target; empty means "boot app"
     pid: int = 0  # that target's process, sampled when given
     source: str = ""
@@ -178,6 +204,7 @@ class Scenario:
             "requests": tuple(build(RequestSpec, r) for r in d.get("requests", ())),
             "slo": build(Slo, d.get("slo")), "sampling": build(SamplingConfig, d.get("sampling")),
             "agent": build(AgentConfig, d.get("agent")), "database": build(DatabaseConfig, d.get("database")),
+            "proxy": build(ProxyConfig, d.get("proxy")), "redis": build(RedisConfig, d.get("redis")),
         })
 
 
@@ -280,10 +307,18 @@ def _str_table(v: Any) -> dict[str, str]:
     return {str(k): str(x) for k, x in v.items()}
 
 
+RAND = re.compile(r"\{rand:(\d+)-(\d+)\}")  # in a request path: a random whole number in [lo, hi] per request
+
+
 def _path(v: Any) -> str:
     s = _str(v)
     if not s.startswith("/"):
         raise ValueError(f"must start with '/', got {v!r}")
+    for m in RAND.finditer(s):
+        if int(m[1]) > int(m[2]):
+            raise ValueError(f"{m[0]}: the range's low end is above its high end")
+    if "{" in RAND.sub("", s):
+        raise ValueError(f"{s!r}: the only template a path takes is {{rand:LO-HI}}, e.g. /items/{{rand:1-10000}}")
     return s
 
 
@@ -294,6 +329,7 @@ APP_FIELDS = {
     "factory": _Field("factory", _bool, "factory = true"),
     "server": _Field("server", _choice(SERVERS), 'server = "uvicorn"'),
     "workers": _Field("workers", _int(1), "workers = 2"),
+    "instances": _Field("instances", _int(1), "instances = 2"),
     "loop": _Field("loop", _choice(LOOPS), 'loop = "uvloop"'),
     "port": _Field("port", _int(0), "port = 8000"),
     "access_log": _Field("access_log", _bool, "access_log = false"),
@@ -349,7 +385,20 @@ AGENT_FIELDS = {
 DATABASE_FIELDS = {
     "url": _Field("url", _str, 'url = "postgresql://user@127.0.0.1:5432/app"'),
 }
-TOP_FIELDS = {"name", "app", "load", "requests", "slo", "sampling", "agent", "database"}
+PROXY_FIELDS = {
+    "kind": _Field("kind", _choice(PROXIES), 'kind = "nginx"'),
+    "balance": _Field("balance", _choice(BALANCES), 'balance = "least_conn"'),
+    "workers": _Field("workers", _int(1), "workers = 1"),
+    "worker_connections": _Field("worker_connections", _int(16), "worker_connections = 1024"),
+    "binary": _Field("binary", _str, 'binary = "/usr/sbin/nginx"'),
+}
+REDIS_FIELDS = {
+    "start": _Field("start", _bool, "start = true"),
+    "url": _Field("url", _str, 'url = "redis://127.0.0.1:6379/0"'),
+    "env": _Field("env", _str, 'env = "REDIS_URL"'),
+    "binary": _Field("binary", _str, 'binary = "/usr/bin/redis-server"'),
+}
+TOP_FIELDS = {"name", "app", "load", "requests", "slo", "sampling", "agent", "database", "proxy", "redis"}
 
 # What `fastapi-harness run` does with no scenario: scenarios/smoke.toml, embedded (a test keeps them equal).
 DEFAULT_SCENARIO: dict[str, Any] = {
@@ -526,6 +575,10 @@ def build_scenario(
             kw["headers"] = {"Content-Type": "application/json", **kw.get("headers", {})}
         requests.append(RequestSpec(**kw))
 
+    proxy = ProxyConfig(**r.table(raw.get("proxy"), "[proxy]", PROXY_FIELDS))
+    redis = RedisConfig(**r.table(raw.get("redis"), "[redis]", REDIS_FIELDS))
+    url = str(raw.get("url") or "")
+    _check_topology(r, app, proxy, redis, url)
     return Scenario(
         name=str(raw.get("name") or "run"),
         app=app,
@@ -535,10 +588,31 @@ def build_scenario(
         sampling=SamplingConfig(**r.table(raw.get("sampling"), "[sampling]", SAMPLING_FIELDS)),
         agent=AgentConfig(**r.table(raw.get("agent"), "[agent]", AGENT_FIELDS)),
         database=DatabaseConfig(**r.table(raw.get("database"), "[database]", DATABASE_FIELDS)),
-        url=str(raw.get("url") or ""),
+        proxy=proxy,
+        redis=redis,
+        url=url,
         pid=int(raw.get("pid") or 0),
         source=source,
     )
+
+
+def _check_topology(r: _Reader, app: AppConfig, proxy: ProxyConfig, redis: RedisConfig, url: str) -> None:
+    if app.instances > 1 and proxy.kind == "none":
+        raise r.fail("[app].instances", f"{app.instances} instances need a proxy in front of them to share the load; "
+                                        'add [proxy] kind = "nginx" or set instances = 1')
+    if url and (proxy.kind != "none" or app.instances > 1 or redis.start):
+        raise r.fail("[proxy]" if proxy.kind != "none" else "[app].instances" if app.instances > 1 else "[redis].start",
+                     "a target already running (--url) is loaded as it is; the harness boots instances, a proxy or "
+                     "Redis only for an app it boots itself: drop --url or the field")
+    if app.port and (app.instances > 1 or proxy.kind != "none"):
+        raise r.fail("[app].port", "with a proxy the harness picks each instance's port; remove port")
+    if redis.start and redis.url:
+        raise r.fail("[redis]", "give either start = true (the harness runs redis-server) or url (one already "
+                                "running), not both")
+    if redis.url and not redis.url.startswith(("redis://", "rediss://")):
+        raise r.fail("[redis].url", f"expected redis://HOST:PORT/DB, got {redis.url!r}")
+    if redis.enabled and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", redis.env):
+        raise r.fail("[redis].env", f"expected an environment variable name, got {redis.env!r}")
 
 
 def _require(r: _Reader, kw: dict, where: str, fields: dict[str, _Field]) -> dict:

@@ -72,6 +72,16 @@ def check_port_free(port: int, host: str = HOST) -> None:
             ) from None
 
 
+def find_binary(name: str, field: str, hint: str) -> str:
+    """The executable ``name`` (on the PATH, in the sbin folders a non-root PATH lacks, or a path), else a
+    ConfigError naming ``field`` and how to install it."""
+    found = (name if os.access(name, os.X_OK) and "/" in name else
+             shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])))
+    if not found:
+        raise ConfigError(f"{field} = {name!r}: not found; {hint}")
+    return found
+
+
 def resolve_python(app: AppConfig) -> str:
     """The interpreter that runs the app: its own when ``[app] python`` names one."""
     if not app.python:
@@ -189,7 +199,7 @@ class LocalServer(Target):
     """The target's server tree booted here: master plus workers (or one process for a single worker)."""
 
     def __init__(self, app: AppConfig, run_dir: Path, agent: AgentConfig | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, instance: int | None = None):
         self.app = app
         self.run_dir = run_dir.resolve()
         self.agent = agent if app.agent else None
@@ -198,8 +208,10 @@ class LocalServer(Target):
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.command: list[str] = []
-        self.stdout_path = self.run_dir / "server.stdout.log"
-        self.stderr_path = self.run_dir / "server.stderr.log"
+        self.instance = instance  # behind a proxy: which instance this is (its logs and agents say so)
+        name = "server" if instance is None else f"server-{instance}"
+        self.stdout_path = self.run_dir / f"{name}.stdout.log"
+        self.stderr_path = self.run_dir / f"{name}.stderr.log"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -229,7 +241,7 @@ class LocalServer(Target):
         if self.agent is not None:
             path = install_agent(self.run_dir)
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH", "")]))
-            env[AGENT_ENV] = json.dumps(agent_options(app, self.agent, self.run_dir))
+            env[AGENT_ENV] = json.dumps({**agent_options(app, self.agent, self.run_dir), "instance": self.instance})
             booted = dataclasses.replace(app, target=AGENT_FACTORY, factory=True)
         self.command = server_command(booted, python, self.port)
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
@@ -271,7 +283,7 @@ class LocalServer(Target):
 
     def describe(self) -> dict[str, object]:
         return {"kind": self.app.server, "workers": self.app.workers, "command": self.command, "pid": self.pid or None,
-                "url": self.url}
+                "url": self.url, **({"instance": self.instance} if self.instance is not None else {})}
 
     def stop(self, grace_s: float = 8.0) -> None:
         """SIGTERM to the tree's group, wait, then kill whatever is left of the tree and its group."""

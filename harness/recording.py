@@ -8,6 +8,8 @@ so a crash or Ctrl-C keeps what was measured; record types in ``harness/records.
     samples.jsonl       one psutil sample per tick: processes by role, host CPU per core
     events.jsonl        worker started/exited, target died, stages, ...
     db.jsonl            the database server, once a second (PostgreSQL: pg_stat_activity by state)
+    proxy.jsonl         the proxy in front of the instances, once a second (nginx: stub_status, error log)
+    cache.jsonl         the cache server, once a second (Redis: INFO)
     cpu_profile.jsonl   each worker's CPU samples from outside (py-spy) in a profile window
     agent-PID.jsonl     each worker's in-process agent (format: harness/agent/__init__.py)
     profile-PID-N-*     profiles taken on command (pyinstrument HTML/JSON, yappi tables)
@@ -34,6 +36,7 @@ from harness.histogram import Histogram
 from harness.records import (
     FORMAT,
     AgentRecord,
+    CacheSample,
     CpuProfile,
     DbSample,
     DriverDone,
@@ -41,6 +44,7 @@ from harness.records import (
     DriverRecord,
     DriverSecond,
     Event,
+    ProxySample,
     Sample,
     agent_record,
     agent_record_to_json,
@@ -49,11 +53,14 @@ from harness.records import (
 
 RUN_JSON, DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL = "run.json", "driver.jsonl", "samples.jsonl", "events.jsonl"
 DB_JSONL, CPU_PROFILE_JSONL = "db.jsonl", "cpu_profile.jsonl"
+PROXY_JSONL, CACHE_JSONL = "proxy.jsonl", "cache.jsonl"
 AGENT_CONTROL = "agent-control.json"  # {"id": n, "seconds": s}: the agents profile a window when id grows
 AGENT_GLOB = "agent-*.jsonl"  # one per worker PID, written by the in-process agent (harness/agent)
 STREAM_OF: dict[type, str] = {DriverSecond: DRIVER_JSONL, DriverDone: DRIVER_JSONL, DriverFault: DRIVER_JSONL,
                               Sample: SAMPLES_JSONL, Event: EVENTS_JSONL, DbSample: DB_JSONL,
-                              CpuProfile: CPU_PROFILE_JSONL}
+                              CpuProfile: CPU_PROFILE_JSONL, ProxySample: PROXY_JSONL, CacheSample: CACHE_JSONL}
+WRITTEN = (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL, DB_JSONL, CPU_PROFILE_JSONL, PROXY_JSONL, CACHE_JSONL)
+Record = DriverRecord | Sample | Event | DbSample | CpuProfile | ProxySample | CacheSample
 
 
 def default_run_dir(name: str, root: Path = Path("reports")) -> Path:
@@ -78,6 +85,8 @@ class ServerInfo:
     command: tuple[str, ...] = ()
     pid: int | None = None
     url: str = ""
+    instances: tuple[Mapping[str, Any], ...] = ()  # behind a proxy: each instance's own entry
+    proxy: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class RunInfo:
     drivers: int = 0
     diagnose: Mapping[str, Any] | None = None  # the knee search's options
     database: Mapping[str, Any] | None = None
+    redis: Mapping[str, Any] | None = None
     driver_cmd: str = ""
     jtl: Mapping[str, Any] | None = None
     ingested: Mapping[str, Any] | None = None
@@ -112,6 +122,7 @@ class RunInfo:
             raise RecordError(f"run.json: unknown field(s) {', '.join(sorted(unknown))}")
         server = dict(d.get("server") or {})
         server["command"] = tuple(server.get("command") or ())
+        server["instances"] = tuple(server.get("instances") or ())
         return cls(**{**d, "format": fmt, "scenario": Scenario.from_dict(d["scenario"]),
                       "machine": Machine(**(d.get("machine") or {})), "server": ServerInfo(**server)})
 
@@ -186,6 +197,8 @@ class Recording:
     agents: Mapping[int, tuple[AgentRecord, ...]] = field(default_factory=dict)
     db: tuple[DbSample, ...] = ()
     cpu_profiles: tuple[CpuProfile, ...] = ()
+    proxy: tuple[ProxySample, ...] = ()
+    cache: tuple[CacheSample, ...] = ()
     path: Path | None = field(default=None, compare=False)
 
     @property
@@ -234,6 +247,8 @@ class Recording:
                         for f in sorted(p.glob(AGENT_GLOB))},
                 db=tuple(DbSample.from_json(d) for d in read_jsonl(p / DB_JSONL)),
                 cpu_profiles=tuple(CpuProfile.from_json(d) for d in read_jsonl(p / CPU_PROFILE_JSONL)),
+                proxy=tuple(ProxySample.from_json(d) for d in read_jsonl(p / PROXY_JSONL)),
+                cache=tuple(CacheSample.from_json(d) for d in read_jsonl(p / CACHE_JSONL)),
                 path=p,
             )
         except RecordError as e:
@@ -250,6 +265,8 @@ class Recording:
             (EVENTS_JSONL, [r.to_json() for r in self.events]),
             (DB_JSONL, [r.to_json() for r in self.db]),
             (CPU_PROFILE_JSONL, [r.to_json() for r in self.cpu_profiles]),
+            (PROXY_JSONL, [r.to_json() for r in self.proxy]),
+            (CACHE_JSONL, [r.to_json() for r in self.cache]),
         ] + [(f"agent-{pid}.jsonl", [agent_record_to_json(r) for r in rows]) for pid, rows in self.agents.items()]
         for name, rows in streams:
             with open(p / name, "w") as f:
@@ -262,7 +279,7 @@ def run_json(run: RunInfo) -> dict[str, Any]:
     """run.json's content for ``run`` (the current format)."""
     d = {f.name: getattr(run, f.name) for f in fields(run)}
     d.update(format=FORMAT, scenario=run.scenario.to_dict(), machine=vars(run.machine),
-             server={**vars(run.server), "command": list(run.server.command)})
+             server={**vars(run.server), "command": list(run.server.command), "instances": list(run.server.instances)})
     return d
 
 
@@ -286,10 +303,7 @@ class RunWriter:
     def __init__(self, path: Path):
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, IO[str]] = {
-            name: open(path / name, "a", buffering=1)
-            for name in (DRIVER_JSONL, SAMPLES_JSONL, EVENTS_JSONL, DB_JSONL, CPU_PROFILE_JSONL)
-        }
+        self._files: dict[str, IO[str]] = {name: open(path / name, "a", buffering=1) for name in WRITTEN}
         self._lock = threading.Lock()
         existing = path / RUN_JSON  # appending to a run (ingest --into) keeps what it recorded
         self.run: dict[str, Any] = json.loads(existing.read_text()) if existing.is_file() else {"format": FORMAT}
@@ -304,7 +318,7 @@ class RunWriter:
         tmp.write_text(json.dumps(self.run, indent=2, default=str))
         tmp.replace(self.path / RUN_JSON)
 
-    def append(self, record: DriverRecord | Sample | Event | DbSample | CpuProfile) -> None:
+    def append(self, record: Record) -> None:
         """Append a typed record to its stream."""
         line = json.dumps(record.to_json(), separators=(",", ":")) + "\n"
         stream = STREAM_OF[type(record)]

@@ -346,6 +346,61 @@ class DbSample:
 
 
 @dataclass(frozen=True)
+class ProxySample:
+    """The proxy in front of the instances once a second (nginx: ``stub_status`` and its error log)."""
+
+    t: float
+    kind: str  # nginx
+    active: int  # client connections open now (reading + writing + waiting)
+    reading: int
+    writing: int
+    waiting: int  # idle keep-alive connections
+    requests: int  # requests it handled this interval
+    dropped: int  # connections accepted but not handled this interval (worker_connections reached)
+    errors: Mapping[str, int] = field(default_factory=dict)  # error log lines this interval, by kind
+
+    def to_json(self) -> Json:
+        return {**vars(self), "errors": dict(self.errors)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ProxySample:
+        _check("proxy sample", d, _keys(*cls.__dataclass_fields__))
+        return cls(float(d["t"]), str(d["kind"]), *(int(d[k]) for k in (
+            "active", "reading", "writing", "waiting", "requests", "dropped")), d.get("errors", {}))
+
+
+@dataclass(frozen=True)
+class CacheSample:
+    """The cache server once a second (Redis: ``INFO``); counters are this interval's."""
+
+    t: float
+    kind: str  # redis
+    clients: int
+    blocked: int
+    commands: int
+    hits: int
+    misses: int
+    used_mb: float
+    evicted: int
+    rejected: int  # connections refused at maxclients
+    cpu: float  # cores its server used (Redis runs commands on one thread)
+
+    @property
+    def hit_rate(self) -> float | None:
+        return self.hits / (self.hits + self.misses) if self.hits + self.misses else None
+
+    def to_json(self) -> Json:
+        return vars(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> CacheSample:
+        _check("cache sample", d, _keys(*cls.__dataclass_fields__))
+        return cls(float(d["t"]), str(d["kind"]), *(int(d[k]) for k in (
+            "clients", "blocked", "commands", "hits", "misses")), float(d["used_mb"]), int(d["evicted"]),
+                   int(d["rejected"]), float(d["cpu"]))
+
+
+@dataclass(frozen=True)
 class CpuProfile:
     """One worker's CPU samples taken from outside (py-spy) during a profile window: each distinct stack
     (innermost frame first) with how many samples it got; ``error`` says why there are none."""
@@ -413,6 +468,18 @@ class HttpPoolTick:
     limit: int
     in_use: int
     waiting: int
+
+
+@dataclass(frozen=True)
+class RedisPoolTick:
+    """A redis-py asyncio connection pool in one tick."""
+
+    id: str
+    in_use: int | None
+    max: int | None
+    waiting: int  # acquires in progress now (waiting for a free connection, or connecting)
+    acquire: Histogram  # acquires that ended this tick, µs
+    errors: Mapping[str, int] = field(default_factory=dict)  # "too-many-connections" | error type → n
 
 
 @dataclass(frozen=True)
@@ -493,6 +560,7 @@ class AgentTick:
     gc_full: tuple[FullCollection, ...] = ()
     memory: Mapping[str, int] | None = None  # once a second: pymalloc "blocks", glibc "malloc" bytes in use
     db_errors: Mapping[str, int] = field(default_factory=dict)  # "too-many-connections" or a DBAPI error type → n
+    redis_pools: tuple[RedisPoolTick, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -554,7 +622,8 @@ def _statement(d: Mapping[str, Any]) -> StatementTick:
 def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
     _check("agent tick", d, _keys("t", "seq", "lag_ms", "threadpool", "pools", "gc", "hot_ms", "hot_frames_ms",
                                    "pool_ms", "pool_frames_ms", "inflight", "routes", "exceptions", "waits_ms",
-                                   "http_pools", "executors", "statements", "memory", "db_errors"))
+                                   "http_pools", "executors", "statements", "memory", "db_errors",
+                                   "redis_pools"))
     tp, gc = d.get("threadpool"), d.get("gc") or {}
     routes = {k: RouteTick(int(r["n"]), int(r["errors"]), _hist(r.get("hist"))) for k, r in d.get("routes", {}).items()}
     return AgentTick(
@@ -579,6 +648,9 @@ def _tick(d: Mapping[str, Any], fmt: int) -> AgentTick:
         statements=tuple(_statement(s) for s in d.get("statements", ())),
         memory=d.get("memory"),
         db_errors=d.get("db_errors", {}),
+        redis_pools=tuple(RedisPoolTick(str(p["id"]), p.get("in_use"), p.get("max"), int(p.get("waiting", 0)),
+                                        _hist(p.get("acquire")), p.get("errors", {}))
+                          for p in d.get("redis_pools", ())),
     )
 
 
@@ -634,6 +706,9 @@ def agent_record_to_json(r: AgentRecord) -> Json:
                    "db_errors": dict(r.db_errors)}
         if r.memory is not None:
             d["memory"] = dict(r.memory)
+        if r.redis_pools:
+            d["redis_pools"] = [{**vars(p), "acquire": p.acquire.to_json(), "errors": dict(p.errors)}
+                                for p in r.redis_pools]
         return d
     if isinstance(r, AgentStall):
         return {"type": "stall", "t_start": r.t_start, "duration_ms": r.duration_ms, "class": r.kind,

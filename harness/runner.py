@@ -15,11 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from harness.cache import RedisServer
 from harness.config import Scenario
 from harness.errors import BootError, HarnessError, Interrupted, TargetDiedError
 from harness.launcher import LocalServer, raise_fd_limit
 from harness.load.jtl import join_parts
 from harness.load.manager import default_drivers
+from harness.proxy import ProxiedServers
 from harness.recording import RunWriter
 from harness.records import Progress
 from harness.sampling.host import machine_info
@@ -65,11 +67,16 @@ class ExternalLoad:
         session.drive_external(self.template, self.say)
 
 
-def target_for(scenario: Scenario, run_dir: Path, allow_remote: bool = False) -> Target:
-    """The target a scenario names: a server already running (``url``), else its app booted here."""
+def target_for(scenario: Scenario, run_dir: Path, allow_remote: bool = False, redis: RedisServer | None = None
+               ) -> Target:
+    """The target a scenario names: a server already running (``url``), else its app booted here,
+    as ``[app] instances`` behind ``[proxy]`` when it names one; the app gets Redis's URL."""
     if scenario.url:
         return ExternalTarget(scenario.url, scenario.pid, allow_remote)
-    return LocalServer(scenario.app, run_dir, scenario.agent)
+    env = {scenario.redis.env: redis.url} if redis is not None else {}
+    if scenario.proxy.kind == "nginx":
+        return ProxiedServers(scenario.app, scenario.proxy, run_dir, scenario.agent, env)
+    return LocalServer(scenario.app, run_dir, scenario.agent, env)
 
 
 @contextlib.contextmanager
@@ -125,8 +132,10 @@ def run_scenario(
     try:
         with signals_as_interrupts(), contextlib.ExitStack() as stack:
             try:
-                session = Session(scenario, writer, target or target_for(scenario, writer.path, allow_remote), stack,
-                                  drivers or scenario.load.drivers or default_drivers(), progress, jtl is not None)
+                redis = RedisServer(scenario.redis, allow_remote) if scenario.redis.enabled else None
+                session = Session(scenario, writer, target or target_for(scenario, writer.path, allow_remote, redis),
+                                  stack, drivers or scenario.load.drivers or default_drivers(), progress,
+                                  jtl is not None, redis)
                 try:
                     session.open()
                     plan(session)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import psutil
 
+from harness.cache import RedisServer
 from harness.config import Scenario
 from harness.errors import DriverError, TargetDiedError
 from harness.histogram import Histogram
@@ -28,6 +29,7 @@ from harness.records import DriverRecord, DriverSecond, Event, Progress
 from harness.sampling.database import PgWatcher, check_postgres, db_port, local_server
 from harness.sampling.pyspy import PySpyWindow
 from harness.sampling.sampler import Sampler
+from harness.sampling.services import RedisWatcher
 from harness.target import Target
 
 START_DELAY_S = 1.0  # drivers start together this long after launch (imports take ~0.2 s)
@@ -67,7 +69,8 @@ class Session:
     """A started, sampled target; ``drive`` runs one fleet of drivers at it and returns their records."""
 
     def __init__(self, scenario: Scenario, writer: RunWriter, target: Target, stack: contextlib.ExitStack,
-                 drivers: int, progress: Callable[[Progress], None] = lambda p: None, jtl: bool = False):
+                 drivers: int, progress: Callable[[Progress], None] = lambda p: None, jtl: bool = False,
+                 redis: RedisServer | None = None):
         self.scenario = scenario
         self.writer = writer
         self.target = target
@@ -75,6 +78,7 @@ class Session:
         self.drivers = drivers
         self.progress = progress
         self.jtl = jtl
+        self.redis = redis
         self.live = LiveStats()
         self.fleet: DriverFleet | None = None
         self.external: subprocess.Popen | None = None
@@ -89,30 +93,44 @@ class Session:
         return self.target.has_agent
 
     def open(self) -> None:
-        """Check the database, start the target, start the samplers."""
+        """Check the database, start Redis and the target, start the samplers."""
         scenario, writer = self.scenario, self.writer
         database = scenario.database
         if database.is_postgres:
             writer.write_run(database={"url": database.url, "max_connections": check_postgres(database.url)})
+        if self.redis is not None:
+            self.stack.enter_context(self.redis)
+            writer.write_run(redis=self.redis.describe())
         self.stack.enter_context(self.target)
         writer.write_run(server=self.target.describe())
         self.t0 = time.time() + START_DELAY_S
         writer.write_run(t0=self.t0, drivers=self.drivers)
         port = db_port(database.url) if database.url else None
         database_pids = local_server(port) if port else list
+        cache_pids = local_server(self.redis.address[1]) if self.redis is not None else list
         sampler = Sampler(
             processes=lambda: (self.target.processes() + [(pid, "driver") for pid in self.driver_pids()]
                                + [(pid, "database") for pid in database_pids()] + [(os.getpid(), "harness")]
+                               + [(pid, "cache") for pid in cache_pids()]
                                + [(pid, "profiler") for pid in (self.pyspy.pids if self.pyspy else ())]),
             t0=self.t0, interval_s=scenario.sampling.interval_s, on_sample=writer.append, on_event=writer.append,
             db_port=port,
         )
         sampler.start()
         self.stack.callback(sampler.stop)
+        watchers = self.target.watchers(self.t0, writer.append)
+        if self.redis is not None:
+            watchers.append(RedisWatcher(self.redis.address, self.t0, writer.append))
         if database.is_postgres:
-            watcher = PgWatcher(database.url, self.t0, writer.append)
+            watchers.append(PgWatcher(database.url, self.t0, writer.append))
+        for watcher in watchers:
             watcher.start()
-            self.stack.callback(watcher.stop)
+            self.stack.callback(self._stop_watcher, watcher)
+
+    def _stop_watcher(self, watcher: Any) -> None:
+        watcher.stop()
+        if watcher.error:
+            self.event("watcher-stopped", why=f"{watcher.name}: {watcher.error}")
 
     def driver_pids(self) -> list[int]:
         if self.external is not None:

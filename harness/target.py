@@ -8,7 +8,7 @@ workers, booted here) and ``ExternalTarget`` (a server already running, ``--url`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import httpx
@@ -60,6 +60,11 @@ class Target:
     def describe(self) -> dict[str, Any]:
         """run.json's ``server`` entry."""
         raise NotImplementedError
+
+    def watchers(self, t0: float, on_record: Callable[[Any], None]) -> list[Any]:
+        """Threads (``sampling.services.Watcher``) that watch what this target runs besides the app
+        (a proxy), each calling ``on_record`` once a second; the session starts and stops them."""
+        return []
 
     def __enter__(self) -> Target:
         try:

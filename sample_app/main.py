@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import os
 import random
@@ -41,6 +42,12 @@ LOCK = asyncio.Lock()
 EXECUTOR = ThreadPoolExecutor(max_workers=int(os.environ.get("SAMPLE_APP_EXECUTOR_WORKERS", "2")),
                               thread_name_prefix="sample-io")
 log = logging.getLogger("sample_app.requests")
+# /items/{id}: cache-aside in Redis when SAMPLE_APP_REDIS_URL is set (pool SAMPLE_APP_REDIS_POOL connections,
+# entries live SAMPLE_APP_CACHE_TTL seconds); else every read goes to the database (and, with
+# SAMPLE_APP_ITEM_PRICE, to the upstream for a price). SAMPLE_APP_CACHE_HOLD: each request holds one
+# Redis connection from its first command to its end, the reads of a miss included
+REDIS_URL = os.environ.get("SAMPLE_APP_REDIS_URL", "")
+cache: dict = {}
 leaked_files: list = []
 leaked_memory: list = []
 
@@ -61,7 +68,14 @@ async def lifespan(app: FastAPI):
     GC_GRAPH.extend([i] for i in range(int(os.environ.get("SAMPLE_APP_GC_OBJECTS", "0"))))
     server, url = await start_upstream(delay_s=0.05)
     upstream["client"] = httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=UPSTREAM_POOL))
+    if REDIS_URL:
+        from redis.asyncio import BlockingConnectionPool, Redis
+
+        cache["redis"] = Redis(connection_pool=BlockingConnectionPool.from_url(
+            REDIS_URL, max_connections=int(os.environ.get("SAMPLE_APP_REDIS_POOL", "20")), timeout=10))
     yield
+    if "redis" in cache:
+        await cache.pop("redis").aclose()
     await upstream.pop("client").aclose()
     server.close()
     log.removeHandler(handler)
@@ -203,6 +217,38 @@ def sync_db(session: Session = Depends(get_session)) -> dict[str, int]:
     # dependency keeps its connection until the endpoint has run
     rows = session.execute(text("SELECT id, name FROM items ORDER BY id LIMIT 10")).all()
     return {"rows": len(rows)}
+
+
+@app.get("/items/{item_id}")
+async def read_item(item_id: int) -> dict:
+    redis = cache.get("redis")
+    if redis is None:
+        return await load_item(item_id)
+    if os.environ.get("SAMPLE_APP_CACHE_HOLD"):  # one Redis connection held for the whole request, DB read included
+        async with redis.client() as held:
+            return await cached_item(held, item_id)
+    return await cached_item(redis, item_id)
+
+
+async def cached_item(redis, item_id: int) -> dict:
+    key = f"item:{item_id}"
+    hit = await redis.get(key)
+    if hit is not None:
+        return json.loads(hit)
+    item = await load_item(item_id)
+    await redis.set(key, json.dumps(item), ex=int(os.environ.get("SAMPLE_APP_CACHE_TTL", "60")))
+    return item
+
+
+async def load_item(item_id: int) -> dict:
+    async with engine.connect() as conn:  # the item and how often it was bought: a scan of the events table
+        row = (await conn.execute(text(
+            "SELECT id, name, (SELECT count(*) FROM events WHERE kind = 'buy' AND id % 97 = items.id % 97) AS orders "
+            "FROM items WHERE id = :id"), {"id": item_id})).first()
+    item = {"id": item_id, "name": row.name, "orders": row.orders} if row else {"id": item_id, "name": None}
+    if os.environ.get("SAMPLE_APP_ITEM_PRICE"):  # the price from another service (the slow local upstream)
+        item["price"] = (await upstream["client"].get("/")).status_code
+    return item
 
 
 @app.get("/gc")

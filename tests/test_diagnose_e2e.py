@@ -51,6 +51,7 @@ def verdict_of(out: Path) -> dict:
     ("sync_db", "threadpool-exhausted", None, ("get_session", 'session.execute(text("SELECT id FROM items WHERE')),
     ("gc", "gc-pauses", None, None),
     ("middleware", "cpu-saturated", "framework", None),
+    ("cache_pool", "redis-pool-exhausted", None, ("read_item", "async with redis.client() as held")),
 ])
 def test_diagnose_names_the_bottleneck(tmp_path, env, scenario, kind, hotspot, site):
     out = tmp_path / "run"

@@ -63,6 +63,7 @@ class Agent:
         self.waits: Any = None  # waits.WaitProbe, set by the middleware
         self.threadpool = probes.ThreadpoolProbe()
         self.pools = probes.PoolProbe()
+        self.redis_pools = probes.RedisPoolProbe()
         self.gc = probes.GcProbe()
         self.statements = statements.StatementProbe()
         self.middleware: List[str] = []  # the app's BaseHTTPMiddleware classes, set by the middleware
@@ -280,6 +281,9 @@ class Agent:
             "db_errors": self.statements.read_errors(),
             **self._classify_hot(),
         }
+        redis_pools = self.redis_pools.read()
+        if redis_pools:
+            rec["redis_pools"] = redis_pools
         if self.seq % MEMORY_EVERY == 1:
             rec["memory"] = probes.memory()
         if self.routes is not None:

@@ -1,4 +1,4 @@
-"""Probes of what the app happens to use: anyio's thread limiter, SQLAlchemy pools, the GC.
+"""Probes of what the app happens to use: anyio's thread limiter, SQLAlchemy and redis-py pools, the GC.
 
 Each is feature-detected; a probe whose library is missing reads as None / empty.
 """
@@ -201,6 +201,77 @@ class GcProbe:
         cols, self.collections = self.collections, [0, 0, 0]
         full, self.full = self.full, []
         return {"pause_ms": round(pause * 1000, 3), "collections": cols, "full": full}
+
+
+class RedisPoolProbe:
+    """Every redis-py asyncio connection pool the app gets connections from: in use against
+    ``max_connections``, how many requests are waiting for one (a ``BlockingConnectionPool``
+    makes them wait; the plain pool refuses with "Too many connections"), acquire times, and
+    the errors that ended an acquire."""
+
+    def __init__(self) -> None:
+        self.pools: Dict[int, Tuple[Any, Dict[str, Any]]] = {}  # id(pool) → (weak ref, stats)
+        self.installed = False
+
+    def install(self) -> None:
+        """Wrap ``get_connection`` of the pool classes once redis-py's asyncio client is imported
+        (``BlockingConnectionPool`` has its own, which does not call the base class's)."""
+        if self.installed or "redis.asyncio.connection" not in sys.modules:
+            return
+        try:
+            from redis.asyncio import connection
+        except Exception:
+            return
+        self.installed = True
+        for cls in (connection.ConnectionPool, getattr(connection, "BlockingConnectionPool", None)):
+            if cls is not None and "get_connection" in vars(cls):
+                cls.get_connection = self._wrap(vars(cls)["get_connection"])
+
+    def _wrap(self, original: Any) -> Any:
+        probe = self
+
+        async def get_connection(pool: Any, *args: Any, **kwargs: Any) -> Any:
+            stats = probe._stats(pool)
+            t = time.perf_counter()
+            stats["waiting"] += 1
+            try:
+                return await original(pool, *args, **kwargs)
+            except Exception as e:
+                text = str(e)
+                kind = ("too-many-connections" if "Too many connections" in text else
+                        "pool-timeout" if "No connection available" in text else type(e).__name__)
+                stats["errors"][kind] = stats["errors"].get(kind, 0) + 1
+                raise
+            finally:
+                stats["waiting"] -= 1
+                stats["acquire"].record(int((time.perf_counter() - t) * 1e6))
+
+        return get_connection
+
+    def _stats(self, pool: Any) -> Dict[str, Any]:
+        entry = self.pools.get(id(pool))
+        if entry is None or entry[0]() is not pool:
+            entry = self.pools[id(pool)] = (weakref.ref(pool), {
+                "id": f"{type(pool).__name__}@{id(pool):x}", "acquire": hist.Histogram(), "waiting": 0, "errors": {}})
+        return entry[1]
+
+    def read(self) -> List[Dict[str, Any]]:
+        self.install()
+        out = []
+        for key, (ref, stats) in list(self.pools.items()):
+            pool = ref()
+            if pool is None:
+                self.pools.pop(key, None)
+                continue
+            acquire, stats["acquire"] = stats["acquire"], hist.Histogram()
+            errors, stats["errors"] = stats["errors"], {}
+            try:
+                in_use, limit = len(pool._in_use_connections), pool.max_connections
+            except Exception:
+                in_use = limit = None
+            out.append({"id": stats["id"], "in_use": in_use, "max": limit, "waiting": stats["waiting"],
+                        "acquire": acquire.to_json(), "errors": errors})
+        return out
 
 
 class _MallInfo2(ctypes.Structure):

@@ -196,6 +196,8 @@ def _by_names(names: List[Tuple[str, str]]) -> Tuple[str, int]:
         queued = path.endswith(_SEP + "queues.py") or any(
             _part("asyncpg", p) and p.endswith("pool.py") and n in ("_acquire", "acquire") for p, n in names)
         return ("db-pool-acquire" if queued else "db-statement"), app
+    if any(_part("redis", p) for p, _ in names):  # redis-py: a pool's connection, else a command's reply
+        return ("redis-pool-acquire" if any(n == "get_connection" for _, n in names) else "redis-command"), app
     if path.endswith(("locks.py", "_synchronization.py")):
         return "lock", app
     if path.endswith(_SEP + "queues.py"):

@@ -212,6 +212,7 @@ def matrix_table(record: dict[str, Any], load: Any, cores: int) -> dict[str, Any
                 "bottleneck": verdicts[0].get("bottleneck"),
                 "call_site": verdicts[0].get("call_site"),
                 "hotspot": verdicts[0].get("hotspot"),
+                **_topology([s for s, _ in pairs]),
             }
         )
     held = [r["max_rps"] for r in rows if r.get("max_rps")]
@@ -228,7 +229,40 @@ def matrix_table(record: dict[str, Any], load: Any, cores: int) -> dict[str, Any
             row["p50_ms"] = round(sum(st.p50_ms for st in at) / len(at), 2) if at else None
             row["p99_ms"] = round(sum(st.p99_ms for st in at) / len(at), 2) if at else None
     _efficiency(rows)
-    return {"mode": mode, "common_load_rps": common, "rows": rows, "recommendation": recommend(rows, cores)}
+    recommendation = " ".join(filter(None, [recommend(rows, cores), topology_note(rows)]))
+    return {"mode": mode, "common_load_rps": common, "rows": rows, "recommendation": recommendation}
+
+
+def _topology(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """A configuration's cache hit rate and proxy CPU (means over its runs), where it had them."""
+    out: dict[str, Any] = {}
+    rates = [s["cache"]["hit_rate"] for s in summaries if (s.get("cache") or {}).get("hit_rate") is not None]
+    if rates:
+        out["hit_rate"] = round(sum(rates) / len(rates), 3)
+    proxy = [s["proxy"]["cpu_p90"] for s in summaries if s.get("proxy")]
+    if proxy:
+        out["proxy_cpu"] = round(sum(proxy) / len(proxy), 3)
+    return out
+
+
+def topology_note(rows: list[dict[str, Any]]) -> str:
+    """What a cache or a proxy with more instances did for throughput, against the rows without them."""
+    ok = [r for r in rows if r.get("max_rps")]
+    notes = []
+    for key, what in (("hit_rate", "the cache"), ("proxy_cpu", "the proxy")):
+        with_it, without = [r for r in ok if key in r], [r for r in ok if key not in r]
+        if not with_it or not without:
+            continue
+        a, b = max(without, key=lambda r: r["max_rps"]), max(with_it, key=lambda r: r["max_rps"])
+        change = b["max_rps"] / a["max_rps"] - 1
+        verb = "helped" if change > 0.05 and not tie(a["max_rps_runs"], b["max_rps_runs"]) else (
+            "hurt" if change < -0.05 and not tie(a["max_rps_runs"], b["max_rps_runs"]) else "made no clear difference")
+        cost = (f"its hit rate was {b['hit_rate']:.0%}" if key == "hit_rate" else
+                f"nginx used {b['proxy_cpu']:.2f} cores and the server processes peaked at {b['peak_rss_mb']:,.0f} MB "
+                f"against {a['peak_rss_mb']:,.0f} MB")
+        notes.append(f"{what[0].upper()}{what[1:]} {verb} on this host: {b['label']} {b['max_rps']:,.0f} req/s against "
+                     f"{a['label']} {a['max_rps']:,.0f} ({change:+.0%}); {cost}.")
+    return " ".join(notes)
 
 
 def _efficiency(rows: list[dict[str, Any]]) -> None:

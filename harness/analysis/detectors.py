@@ -23,7 +23,8 @@ from harness.recording import Recording
 
 CAUSAL_ORDER = ("client-errors", "load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked",
                 "cpu-saturated", "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted",
-                "http-client-pool-exhausted", "lock-contention", "fd-exhausted", "memory-growth", "server-errors")
+                "http-client-pool-exhausted", "redis-pool-exhausted", "lock-contention", "fd-exhausted",
+                "memory-growth", "server-errors")
 
 DRIVER_BUSY = 0.90  # cores, per driver process (each is one thread)
 LATE_SHARE = 0.05  # of sends more than 10 ms behind schedule
@@ -541,6 +542,35 @@ def detect_http_pool_exhausted(ctx: Context) -> list[Finding]:
         confidence=0.9 if acquire >= HTTP_WAIT_SHARE else 0.7)]
 
 
+def detect_redis_pool_exhausted(ctx: Context) -> list[Finding]:
+    pools = inside.redis_pools(ctx.rec)
+    first = _first_full({f"{pid}/{pool_id}": pts for (pid, pool_id), pts in pools.items()}, ctx)
+    if first is None:
+        return []
+    onset, _, pts = first
+    limit, waiting = pts[-1].limit, max(p.waiting for p in pts if p.t >= onset)
+    waits = inside.waits(ctx.rec, (onset, float("inf")))
+    acquire = sum(w.share for w in waits if w.kind == "redis-pool-acquire")
+    top = next((w for w in waits if w.kind == "redis-pool-acquire" and w.site), None)
+    site = _frame_site(ctx, top.site) if top and top.site else None
+    errors = inside.redis_pool_errors(ctx.rec, (onset, float("inf")))
+    failed = ", ".join(f"{kind} {n:,}" for kind, n in sorted(errors.items()))
+    return [_finding(
+        ctx, "redis-pool-exhausted", onset,
+        rule=f"all {limit} connections of a redis-py pool were in use with requests waiting for one from t={onset}s "
+             f"(up to {waiting} waiting)" + (f"; waiting for one was {acquire:.0%} of the in-flight time requests "
+                                             "spent waiting" if acquire else "") + (f"; acquires failed: {failed}"
+                                                                                     if failed else ""),
+        evidence=_wait_evidence(waits),
+        call_site=site, share=round(acquire, 3),
+        summary=f"Redis commands queue for the client pool's {limit} connections"
+                + (f" (at `{site.function}()`, {site})" if site else ""),
+        recommendation=f"raise the pool's max_connections (now {limit}; Redis serves thousands of clients), and hold a "
+                       "connection only for a command: not across other awaits (a dedicated `Redis.client()`, a "
+                       "pipeline or lock kept open while the app queries the database)",
+        confidence=0.9 if acquire >= HTTP_WAIT_SHARE else 0.75)]
+
+
 def detect_lock_contention(ctx: Context) -> list[Finding]:
     waiting = inside.waits_per_second(ctx.rec, LOCK_KINDS)
     onset = sustained_onset(ctx.steady(waiting), lambda v: v >= LOCK_WAITERS)
@@ -1023,6 +1053,7 @@ BUILTIN: dict[str, Callable[[Context], list[Finding]]] = {
     "cpu-saturated": detect_cpu_saturated,
     "threadpool-exhausted": detect_threadpool_exhausted,
     "http-client-pool-exhausted": detect_http_pool_exhausted,
+    "redis-pool-exhausted": detect_redis_pool_exhausted,
     "lock-contention": detect_lock_contention,
     "db-pool-exhausted": detect_db_pool_exhausted,
     "fd-exhausted": detect_fd_exhausted,

@@ -293,6 +293,26 @@ def http_pools(rec: Recording) -> dict[tuple[int, str], tuple[str, list[LimitPoi
     return out
 
 
+def redis_pools(rec: Recording) -> dict[tuple[int, str], list[LimitPoint]]:
+    """Per (worker, redis-py pool): connections in use against max_connections, acquires waiting, each tick."""
+    out: dict[tuple[int, str], list[LimitPoint]] = defaultdict(list)
+    for pid, r in records(rec, AgentTick):
+        for p in r.redis_pools:
+            if p.max is not None and p.in_use is not None:
+                out[(pid, p.id)].append(LimitPoint(r.t - rec.t0, p.max, p.in_use, p.waiting))
+    return dict(out)
+
+
+def redis_pool_errors(rec: Recording, window: tuple[float, float]) -> dict[str, int]:
+    """Acquires from redis-py pools that failed in ``window``, by kind ("pool-timeout", "too-many-connections")."""
+    out: Counter[str] = Counter()
+    for pid, r in records(rec, AgentTick):
+        if window[0] <= r.t - rec.t0 < window[1]:
+            for p in r.redis_pools:
+                out.update(p.errors)
+    return dict(out)
+
+
 def executors(rec: Recording) -> dict[tuple[int, str], list[LimitPoint]]:
     """Per (worker, executor name): threads busy against max_workers, work queued, each tick."""
     out: dict[tuple[int, str], list[LimitPoint]] = defaultdict(list)
@@ -428,6 +448,23 @@ def route_requests(rec: Recording, window: tuple[float, float] | None = None) ->
         if lo <= r.t - rec.t0 < hi:
             out.update({route: st.n for route, st in r.routes.items()})
     return out
+
+
+def requests_by_worker(rec: Recording, window: tuple[float, float] | None = None) -> dict[int, int]:
+    """Requests each worker's agent counted (in ``window``), every worker that reported included."""
+    lo, hi = window if window else (-math.inf, math.inf)
+    out: dict[int, int] = {}
+    for pid, r in records(rec, AgentTick):
+        out.setdefault(pid, 0)
+        if lo <= r.t - rec.t0 < hi:
+            out[pid] += sum(route.n for route in r.routes.values())
+    return out
+
+
+def instance_of(rec: Recording) -> dict[int, int]:
+    """Behind a proxy: each worker's instance (its agent's ``instance`` option)."""
+    return {pid: int(r.options["instance"]) for pid, r in records(rec, AgentHello)
+            if r.options.get("instance") is not None}
 
 
 def holds(rec: Recording, window: tuple[float, float] | None = None) -> dict[str, tuple[int, float, float]]:

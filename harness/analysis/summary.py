@@ -62,9 +62,55 @@ def summarize(rec: Recording, verdict: Verdict | None = None) -> dict[str, Any]:
                                         **proc_series(rec, "master", "db_conns", window)})),
         },
         "events": [e.to_json() for e in rec.events if e.kind in ("worker-started", "worker-exited", "target-died")],
+        "instances": summarize_instances(rec, window),
+        "proxy": summarize_proxy(rec, window),
+        "cache": summarize_cache(rec, window),
         "agent": summarize_inside(rec, window),
         "verdict": verdict.to_json() if verdict else None,
     }
+
+
+def summarize_instances(rec: Recording, window: tuple[float, float]) -> list[dict[str, Any]] | None:
+    """Behind a proxy: the requests each instance (and each of its workers) served, and its share."""
+    instance = inside.instance_of(rec)
+    if not instance:
+        return None
+    served = inside.requests_by_worker(rec, window)
+    total = sum(served.values())
+    out = []
+    for k in sorted(set(instance.values())):
+        workers = {pid: n for pid, n in served.items() if instance.get(pid) == k}
+        n = sum(workers.values())
+        out.append({"instance": k, "requests": n, "share": round(n / total, 4) if total else 0.0,
+                    "workers": {str(pid): n for pid, n in sorted(workers.items())}})
+    return out
+
+
+def summarize_proxy(rec: Recording, window: tuple[float, float]) -> dict[str, Any] | None:
+    """The proxy over the load: requests it handled, connections at most, what it dropped, its errors."""
+    pts = [p for p in rec.proxy if window[0] <= p.t < window[1] + 1.0]
+    if not pts:
+        return None
+    errors: dict[str, int] = {}
+    for p in pts:
+        for kind, n in p.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+    return {"kind": pts[0].kind, "requests": sum(p.requests for p in pts), "active_max": max(p.active for p in pts),
+            "dropped": sum(p.dropped for p in pts), "errors": errors,
+            "cpu_p90": round(p90_of_busiest(proc_series(rec, "proxy", "cpu", window)), 3)}
+
+
+def summarize_cache(rec: Recording, window: tuple[float, float]) -> dict[str, Any] | None:
+    """The cache over the load: its hit rate, commands per second, clients, memory, CPU, refusals."""
+    pts = [c for c in rec.cache if window[0] <= c.t < window[1] + 1.0]
+    if not pts:
+        return None
+    hits, misses = sum(c.hits for c in pts), sum(c.misses for c in pts)
+    return {"kind": pts[0].kind, "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+            "hits": hits, "misses": misses, "commands_per_s": round(sum(c.commands for c in pts) / len(pts), 1),
+            "clients_max": max(c.clients for c in pts), "used_mb_max": max(c.used_mb for c in pts),
+            "evicted": sum(c.evicted for c in pts), "rejected": sum(c.rejected for c in pts),
+            "cpu_max": max(c.cpu for c in pts)}
 
 
 def summarize_inside(rec: Recording, window: tuple[float, float]) -> dict[str, Any] | None:

@@ -53,7 +53,7 @@ def context(rec: Recording) -> Context:
                     reason=f"the app collapsed at {s.users} users: {s.requests} responses in "
                            f"{s.t_end - s.t_start:.0f} s", baseline_p99_ms=0.0, p99_ms=round(s.p99_ms, 2))
     workers = len(role_pids(rec, "worker")) or rec.run.server.workers or 1
-    workers = min(workers, rec.scenario.app.workers or workers)
+    workers = min(workers, rec.scenario.app.workers * rec.scenario.app.instances or workers)
     return Context(rec=rec, tl=tl, stages=st, knee=knee, slo_p99_ms=slo.p99_ms, slo_errors=slo.error_rate,
                    cores=rec.run.machine.cpus or 1, workers=workers, calibration=tuple(calibration_windows(rec)))
 
@@ -102,6 +102,9 @@ def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
     why; ``none`` only when the app held the load, latency stayed flat and nothing saturated. Paths in
     its words are the app's relative to its directory, a library's from its package."""
     v = _verdict_of(findings, ctx)
+    lost = servers_lost(ctx.rec)
+    if lost:
+        v = dataclasses.replace(v, summary=f"{v.summary} {lost}", evidence=(*v.evidence, lost))
     app_dir = None if ctx.rec.scenario.url else ctx.rec.scenario.app.app_dir
 
     def short(text: str) -> str:
@@ -111,6 +114,21 @@ def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
         v, summary=short(v.summary), recommendation=short(v.recommendation),
         evidence=tuple(short(e) for e in v.evidence),
         secondary=tuple(dataclasses.replace(s, summary=short(s.summary)) for s in v.secondary))
+
+
+def servers_lost(rec: Recording) -> str:
+    """A sentence on the server processes that exited while the load ran and the run went on (an instance
+    behind a proxy, a worker its master did not replace in time), with what the proxy saw; else ""."""
+    lo, hi = 0.0, rec.seconds[-1].t + 1.0 if rec.seconds else 0.0
+    exited = [e for e in rec.events if e.kind == "worker-exited" and e.t is not None and lo <= e.t < hi]
+    if not exited:
+        return ""
+    instance = inside.instance_of(rec)
+    which = ", ".join(f"pid {e.pid}" + (f" (instance {instance[e.pid]})" if e.pid in instance else "")
+                      + f" at t={e.t:.0f}s" for e in exited)
+    connect = sum(p.errors.get("upstream-connect", 0) for p in rec.proxy if p.t >= exited[0].t)
+    seen = f"; the proxy logged {connect:,} failed connections to it and sent the requests elsewhere" if connect else ""
+    return f"Mid-run, a server process exited: {which}{seen}; the figures after it are of what was left."
 
 
 def _verdict_of(findings: list[Finding], ctx: Context) -> Verdict:

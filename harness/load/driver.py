@@ -24,6 +24,8 @@ import collections
 import json
 import math
 import os
+import random
+import re
 import signal
 import sys
 import time
@@ -40,6 +42,7 @@ from harness.load.jtl import JtlPart
 from harness.records import DriverDone, DriverFault, DriverRecord, DriverSecond, ShardPlan
 from harness.shapes import OpenShape
 
+RAND = re.compile(r"\{rand:(\d+)-(\d+)\}")  # config.RAND, in the request line
 LATE_S = 0.010  # a send this much behind its schedule counts as late
 SWEEP_S = 0.1
 
@@ -87,7 +90,9 @@ class Driver(DriverCore):
         self.requests = [r.wire.encode("latin-1") for r in plan.requests]
         self.cycle = plan.cycle  # request indices in weighted round-robin order
         self.cycle_pos = self.index % len(self.cycle)
-        self.mixed = len(self.cycle) > 1
+        # a path with {rand:LO-HI}: its request is written afresh, with new numbers, each time it is picked
+        self.templates = [_template(r) for r in self.requests]
+        self.mixed = len(self.cycle) > 1 or any(self.templates)
         self.loops = plan.loops
         self.think = plan.think_time_s
         self.eager = not self.think  # closed users send again as soon as a response completes
@@ -116,7 +121,11 @@ class Driver(DriverCore):
 
     def next_request(self) -> int:
         self.cycle_pos = (self.cycle_pos + 1) % len(self.cycle)
-        return self.cycle[self.cycle_pos]
+        ri = self.cycle[self.cycle_pos]
+        parts = self.templates[ri]
+        if parts:
+            self.requests[ri] = b"".join(p if isinstance(p, bytes) else b"%d" % random.randint(*p) for p in parts)
+        return ri
 
     def write(self, conn: Conn, ri: int, t_start: float, now: float) -> None:
         conn.busy = True
@@ -395,6 +404,18 @@ class Driver(DriverCore):
                              statuses=[(self.plan.requests[ri].label, status, n)
                                        for (ri, status), n in sorted(self.statuses.items())],
                              hot_path="c" if ACCELERATED else "python"))
+
+
+def _template(wire: bytes) -> list[bytes | tuple[int, int]] | None:
+    """The request split at its {rand:LO-HI} fields (each becomes (lo, hi)); None without any."""
+    line, sep, rest = wire.partition(b"\r\n")
+    pieces = RAND.split(line.decode("latin-1"))
+    if len(pieces) == 1:
+        return None
+    out: list[bytes | tuple[int, int]] = []
+    for i in range(0, len(pieces) - 1, 3):
+        out += [pieces[i].encode("latin-1"), (int(pieces[i + 1]), int(pieces[i + 2]))]
+    return out + [(pieces[-1] + "\r\n").encode("latin-1") + rest]
 
 
 def new_loop() -> asyncio.AbstractEventLoop:

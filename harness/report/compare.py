@@ -16,23 +16,34 @@ if TYPE_CHECKING:
 
 TABLE_HEADER = ["configuration", "status", "max req/s in SLO", "± spread", "p50 ms", "p99 ms", "CPU-s / 1k req",
                 "peak RSS MB", "efficiency", "first bottleneck"]
+EXTRA = {"hit_rate": "cache hit rate", "proxy_cpu": "proxy CPU (cores)"}  # columns shown when a row has them
 
 
-def _cells(row: dict[str, Any]) -> list[Any]:
+def _extras(table: dict[str, Any]) -> list[str]:
+    return [k for k in EXTRA if any(k in r for r in table["rows"])]
+
+
+def header(table: dict[str, Any]) -> list[str]:
+    return TABLE_HEADER[:-1] + [EXTRA[k] for k in _extras(table)] + TABLE_HEADER[-1:]
+
+
+def _cells(row: dict[str, Any], extras: Sequence[str] = ()) -> list[Any]:
     site = row.get("call_site") or {}
     where = f" at {site.get('file', '').rsplit('/', 1)[-1]}:{site.get('line')}" if site else ""
     if row["status"] != "ok":
-        return [row["label"], row["status"], "", "", "", "", "", "", "", row.get("error") or ""]
+        return [row["label"], row["status"], *[""] * (7 + len(extras)), row.get("error") or ""]
     return [row["label"], "ok", row.get("max_rps") or "—",
             row.get("spread_rps", "") if row.get("runs", 1) > 1 else "1 run", row.get("p50_ms", ""),
             row.get("p99_ms", ""), row.get("cpu_s_per_1k", ""), row.get("peak_rss_mb", ""), row.get("efficiency", ""),
+            *(("—" if k not in row else f"{row[k]:.0%}" if k == "hit_rate" else row[k]) for k in extras),
             f"{row.get('bottleneck') or ''}{where}"]
 
 
 def render_compare_markdown(table: dict[str, Any]) -> str:
     """The comparison as a Markdown table plus the recommendation."""
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
-    lines += ["| " + " | ".join(str(c) for c in _cells(r)) + " |" for r in table["rows"]]
+    head, extras = header(table), _extras(table)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in _cells(r, extras)) + " |" for r in table["rows"]]
     common = table.get("common_load_rps")
     note = (
         f"\nLatency at the common load every configuration held: {common:,.0f} req/s."
@@ -81,7 +92,7 @@ def render_compare_html(table: dict[str, Any], curves: dict[str, list[Any]], rec
 <style>{STYLE}</style></head><body>
 <h1>Comparison <span class="muted">— {html.escape(table['mode'])} mode, {record['repeat']} repeat(s)</span></h1>
 <div class="verdict">{html.escape(table['recommendation'])}</div>
-<h2>Configurations</h2>{_table(TABLE_HEADER, [_cells(r) for r in table['rows']])}
+<h2>Configurations</h2>{_table(header(table), [_cells(r, _extras(table)) for r in table['rows']])}
 <h2>Curves</h2>{''.join(parts)}
 <h2>Run order</h2><p class="muted">{html.escape(order)}{' — interrupted' if record.get('interrupted') else ''}</p>
 </body></html>

@@ -12,7 +12,7 @@ from harness.analysis.findings import readable_paths
 from harness.analysis.verdict import Diagnosis
 from harness.recording import Recording
 from harness.report.plots import inside_png, knee_png, timeline_png
-from harness.report.terminal import by_kind, requests_line
+from harness.report.terminal import by_kind, requests_line, topology_rows
 from harness.shapes import open_shape
 
 STYLE = """
@@ -253,6 +253,7 @@ def render_html(rec: Recording, summary: dict[str, Any], diagnosis: Diagnosis | 
         ("driver CPU p90", f"{res['driver_cpu_p90']:.2f} cores"),
         ("driver", f"{load['drivers']} process(es); late {load['late']:,}, dropped {load['dropped']:,}, "
                    f"aborted {load['aborted']:,}"),
+        *topology_rows(summary),
     ])}</table>
 <h2>Timeline</h2>
 <img alt="throughput, latency, errors and resources against time" src="data:image/png;base64,{png}">

@@ -84,7 +84,8 @@ def timeline_panels(rec: Recording) -> list[str]:
     """The timeline's panels: errors and TCP connections only where there were any."""
     errors = any(k != "ok" for s in rec.seconds for k in s.outcomes)
     return ["throughput", "latency", *(["errors"] if errors else []), "cpu", "rss", "fds",
-            *(["tcp"] if tcp_series(rec) else [])]
+            *(["tcp"] if tcp_series(rec) else []), *(["proxy"] if rec.proxy else []),
+            *(["cache"] if rec.cache else [])]
 
 
 def inside_panels(rec: Recording) -> list[str]:
@@ -156,6 +157,10 @@ def timeline_png(
             ax.plot([t for t, _ in pts], [n for _, n in pts], label=state, drawstyle="steps-post")
         ax.set_ylabel("connections")
         ax.set_title("Server TCP connections by state")
+    if rec.proxy:
+        _proxy_panel(ax_of["proxy"], rec)
+    if rec.cache:
+        _cache_panel(ax_of["cache"], rec)
     axes[-1].set_xlabel("seconds since load start")
 
     for ax in axes:
@@ -240,9 +245,38 @@ def inside_png(rec: Recording) -> bytes | None:
     return buf.getvalue()
 
 
+def _proxy_panel(ax: Any, rec: Recording) -> None:
+    """nginx each second: the requests it passed on, its connections, and its error-log lines."""
+    ts = [p.t for p in rec.proxy]
+    ax.plot(ts, [p.requests for p in rec.proxy], label="requests/s", color="#1f77b4")
+    errors = [sum(p.errors.values()) + p.dropped for p in rec.proxy]
+    if any(errors):
+        ax.plot(ts, errors, label="errors + dropped /s", color="#d62728")
+    ax.set_ylabel("per second")
+    right = ax.twinx()
+    right.plot(ts, [p.active for p in rec.proxy], label="connections", color="#7f7f7f", linestyle="--")
+    right.set_ylabel("connections")
+    right.legend(loc="upper right", fontsize=7)
+    ax.set_title(f"Proxy ({rec.proxy[0].kind})")
+
+
+def _cache_panel(ax: Any, rec: Recording) -> None:
+    """Redis each second: commands, and the share of reads that hit."""
+    ts = [c.t for c in rec.cache]
+    ax.plot(ts, [c.commands for c in rec.cache], label="commands/s", color="#1f77b4")
+    ax.set_ylabel("commands/s")
+    right = ax.twinx()
+    right.plot(ts, [100 * c.hit_rate if c.hit_rate is not None else float("nan") for c in rec.cache],
+               label="hit rate %", color="#2ca02c")
+    right.set_ylim(0, 100)
+    right.set_ylabel("hit rate %")
+    right.legend(loc="upper right", fontsize=7)
+    ax.set_title(f"Cache ({rec.cache[0].kind})")
+
+
 def _per_process(ax: Any, rec: Recording, metric: str, unit: str, title: str, window: tuple[float, float]) -> None:
     """Each server process its own line; the load generator's processes (a fleet per step) one line, summed."""
-    for role, style in (("worker", "-"), ("master", ":")):
+    for role, style in (("worker", "-"), ("master", ":"), ("proxy", "-."), ("cache", "-.")):
         for pid, pts in proc_series(rec, role, metric, window).items():
             ax.plot([t + 0.5 for t, _ in pts], [v for _, v in pts], style, label=f"{role} {pid}")
     fleet: dict[int, float] = {}

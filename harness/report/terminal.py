@@ -43,6 +43,28 @@ def by_kind(err: dict[str, Any]) -> str:
             if err["by_kind"] else "")
 
 
+def topology_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """What ran beside the app: each instance's share of the requests, the proxy, the cache."""
+    rows = []
+    if summary.get("instances"):
+        rows.append(("instances", "  ".join(f"#{i['instance']} {i['requests']:,} ({i['share']:.0%})"
+                                            for i in summary["instances"])))
+    proxy = summary.get("proxy")
+    if proxy:
+        errors = ", ".join(f"{k} {n:,}" for k, n in proxy["errors"].items())
+        rows.append(("proxy", f"{proxy['kind']}: {proxy['requests']:,} requests, {proxy['active_max']} connections at "
+                              f"most, CPU p90 {proxy['cpu_p90']:.2f} cores" + (f", dropped {proxy['dropped']:,}"
+                                                                               if proxy["dropped"] else "")
+                     + (f"; errors: {errors}" if errors else "")))
+    cache = summary.get("cache")
+    if cache:
+        rate = f"{cache['hit_rate']:.0%}" if cache["hit_rate"] is not None else "no reads"
+        rows.append(("cache", f"{cache['kind']}: hit rate {rate} ({cache['hits']:,} hits, {cache['misses']:,} misses), "
+                              f"{cache['commands_per_s']:,.0f} commands/s, CPU max {cache['cpu_max']:.2f} cores"
+                     + (f", rejected {cache['rejected']:,}" if cache["rejected"] else "")))
+    return rows
+
+
 def format_summary(summary: dict[str, Any], run_dir: str, width: int | None = None) -> str:
     """The final summary table as plain text (rich-rendered), as wide as the terminal (at least 100
     columns), so paths are not cut mid-way on a wide one."""
@@ -66,6 +88,7 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int | None = No
         ("FDs max", f"{res['fds_max']}"),
         ("driver CPU p90", f"{res['driver_cpu_p90']:.2f} cores"),
     ]
+    rows += topology_rows(summary)
     load = summary.get("load", {})
     if load.get("dropped") or load.get("late") or load.get("aborted"):
         rows.append(("driver", f"late {load['late']:,}  dropped {load['dropped']:,}  aborted {load['aborted']:,}"))

@@ -173,6 +173,8 @@ class Sampler(threading.Thread):
 
     def _measure(self, p: psutil.Process, role: str, with_conns: bool) -> ProcessSample:
         with p.oneshot():
+            if p.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent: gone for us
+                raise psutil.ZombieProcess(p.pid)
             cpu, rss, fds = p.cpu_percent() / 100.0, p.memory_info().rss, p.num_fds()
             if role == "database":
                 cpu += self._reaped_cpu(p)

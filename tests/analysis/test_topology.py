@@ -1,0 +1,75 @@
+"""Instances behind a proxy and a Redis cache, on committed recordings: the redis-pool rule as recorded and
+just either side of its threshold, the summary's instance shares, proxy and cache figures, the compare note."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.analysis import detectors, inside
+from harness.analysis.compare import topology_note
+from harness.analysis.summary import summarize
+from harness.analysis.verdict import context, diagnose
+from harness.records import AgentTick
+from tests.analysis.test_db_runtime import load, with_ticks
+from tests.conftest import ROOT
+
+
+def pools_scaled(tick: AgentTick, in_use: int = 0, waiting: int | None = None) -> AgentTick:
+    """``tick`` with each redis pool's in-use count moved by ``in_use`` and its waiters set to ``waiting``."""
+    pools = tuple(dataclasses.replace(p, in_use=min(p.in_use + in_use, p.max),
+                                      waiting=p.waiting if waiting is None else waiting) for p in tick.redis_pools)
+    return dataclasses.replace(tick, redis_pools=pools)
+
+
+def test_a_small_redis_pool_held_across_awaits_is_the_verdict():
+    v = diagnose(load("run_redis_pool")).verdict
+    line = next(i for i, text in enumerate((ROOT / "sample_app" / "main.py").read_text().splitlines(), 1)
+                if "async with redis.client() as held" in text)
+    assert v.bottleneck == "redis-pool-exhausted", v.summary
+    assert (v.call_site.function, v.call_site.line) == ("read_item", line)
+    rule = v.findings[0].rule
+    assert "all 2 connections of a redis-py pool were in use" in rule and "max_connections (now 2" in v.recommendation
+
+
+def test_the_redis_pool_rule_needs_every_connection_taken_and_someone_waiting():
+    rec = load("run_redis_pool")
+    assert detectors.detect_redis_pool_exhausted(context(rec))
+    one_free = with_ticks(rec, lambda t: pools_scaled(t, in_use=-1))
+    nobody_waits = with_ticks(rec, lambda t: pools_scaled(t, waiting=0))
+    for changed in (one_free, nobody_waits):
+        assert not detectors.detect_redis_pool_exhausted(context(changed))
+        assert diagnose(changed).verdict.bottleneck != "redis-pool-exhausted"
+
+
+def test_the_redis_pool_wait_is_its_own_kind_not_a_lock():
+    waits = inside.waits(load("run_redis_pool"))
+    assert waits[0].kind == "redis-pool-acquire" and "read_item" in (waits[0].site or "")
+    assert not detectors.detect_lock_contention(context(load("run_redis_pool")))
+
+
+def test_two_instances_each_take_their_share_and_the_proxy_is_summed():
+    rec = load("run_instances")
+    s = summarize(rec)
+    shares = [i["share"] for i in s["instances"]]
+    assert len(shares) == 2 and all(0.4 <= x <= 0.6 for x in shares), s["instances"]
+    assert set(inside.instance_of(rec).values()) == {0, 1}
+    assert s["proxy"]["kind"] == "nginx" and s["proxy"]["errors"] == {}
+    assert abs(s["proxy"]["requests"] - s["requests"]) <= 0.02 * s["requests"]  # nginx counted what the drivers got
+    assert s["cache"] is None and summarize(load("run_cache"))["instances"] is None
+
+
+def test_the_cache_summary_is_its_hits_over_its_reads():
+    s = summarize(load("run_cache"))["cache"]
+    assert s["hits"] + s["misses"] > 1000
+    assert s["hit_rate"] == round(s["hits"] / (s["hits"] + s["misses"]), 4) and 0.5 < s["hit_rate"] < 1
+
+
+def test_compare_says_whether_the_cache_helped():
+    row = {"label": "", "max_rps": 0.0, "max_rps_runs": [], "peak_rss_mb": 90.0}
+    without = {**row, "label": "start=false", "max_rps": 200.0, "max_rps_runs": [200.0]}
+    helped = {**row, "label": "start=true", "max_rps": 400.0, "max_rps_runs": [400.0], "hit_rate": 0.8}
+    even = {**helped, "max_rps": 204.0, "max_rps_runs": [204.0]}
+    assert topology_note([without, helped]) == ("The cache helped on this host: start=true 400 req/s against "
+                                                "start=false 200 (+100%); its hit rate was 80%.")
+    assert "made no clear difference" in topology_note([without, even])
+    assert topology_note([without]) == ""
