@@ -23,7 +23,8 @@ from harness.recording import Recording
 
 CAUSAL_ORDER = ("client-errors", "load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked",
                 "cpu-saturated", "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted",
-                "http-client-pool-exhausted", "redis-pool-exhausted", "lock-contention", "fd-exhausted",
+                "http-client-pool-exhausted", "redis-pool-exhausted", "redis-saturated", "proxy-saturated",
+                "lock-contention", "fd-exhausted",
                 "memory-growth", "server-errors")
 
 DRIVER_BUSY = 0.90  # cores, per driver process (each is one thread)
@@ -1081,6 +1082,8 @@ def load_detector(spec: str) -> Callable[[Context], list[Finding]]:
 
 def run_detectors(ctx: Context, extra: tuple[str, ...] = ()) -> list[Finding]:
     """Every detector's findings, in causal order."""
+    from harness.analysis import topology  # noqa: F401  (it registers the proxy's and the cache's detectors)
+
     detectors = [load_detector(spec) for spec in (*CAUSAL_ORDER, *extra)]
     out: list[Finding] = []
     for detect in detectors:

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from harness.analysis import inside
+from harness.analysis import inside, topology
 from harness.analysis.detectors import (
     CAUSAL_ORDER,
     DRIVER_BUSY,
@@ -62,7 +62,12 @@ def diagnose(rec: Recording, extra_detectors: tuple[str, ...] = ()) -> Diagnosis
     """Stages, knee, findings and the verdict of a recording."""
     ctx = context(rec)
     findings = run_detectors(ctx, extra_detectors)
-    return Diagnosis(ctx.stages, ctx.knee, findings, verdict_of(findings, ctx))
+    v = verdict_of(findings, ctx)
+    beside = topology.notes(ctx, findings)
+    if beside:  # about the shape of the run, never its first bottleneck
+        v = dataclasses.replace(v, secondary=(*v.secondary, *_secondary(beside)),
+                                evidence=(*v.evidence, *(f.rule for f in beside)))
+    return Diagnosis(ctx.stages, ctx.knee, findings + beside, v)
 
 
 def first_bottleneck(findings: list[Finding], knee: Knee | None, knee_end: float | None) -> Finding | None:

@@ -73,3 +73,68 @@ def test_compare_says_whether_the_cache_helped():
                                                 "start=false 200 (+100%); its hit rate was 80%.")
     assert "made no clear difference" in topology_note([without, even])
     assert topology_note([without]) == ""
+
+
+def with_cache(rec, **values):
+    return dataclasses.replace(rec, cache=tuple(dataclasses.replace(c, **values) for c in rec.cache))
+
+
+def with_proxy(rec, **values):
+    return dataclasses.replace(rec, proxy=tuple(dataclasses.replace(p, **values) for p in rec.proxy))
+
+
+def with_role_cpu(rec, role, cpu):
+    samples = tuple(dataclasses.replace(s, procs=tuple(dataclasses.replace(p, cpu=cpu) if p.role == role else p
+                                                       for p in s.procs)) for s in rec.samples)
+    return dataclasses.replace(rec, samples=samples)
+
+
+def kinds(rec) -> set[str]:
+    return {f.kind for f in diagnose(rec).findings}
+
+
+def test_redis_at_its_one_core_is_redis_saturated_and_just_below_it_is_not():
+    rec = load("run_cache")
+    assert "redis-saturated" in kinds(with_cache(rec, cpu=0.95))
+    assert "redis-saturated" not in kinds(with_cache(rec, cpu=0.85)) | kinds(rec)
+
+
+def test_the_proxy_saturates_at_its_core_or_when_it_drops_connections():
+    rec = load("run_instances")
+    assert "proxy-saturated" not in kinds(rec) | kinds(with_role_cpu(rec, "proxy", 0.85))
+    hot = diagnose(with_role_cpu(rec, "proxy", 0.95)).findings
+    assert any(f.kind == "proxy-saturated" and "worker(s) at ≥ 90% of a core" in f.rule for f in hot)
+    dropping = diagnose(with_proxy(rec, dropped=3)).findings
+    assert any(f.kind == "proxy-saturated" and "could not handle" in f.rule for f in dropping)
+
+
+def one_worker_scaled(rec, pid: int, keep: float):
+    """``rec`` with worker ``pid`` counting only ``keep`` of its requests."""
+    def scaled(tick):
+        return dataclasses.replace(tick, routes={k: dataclasses.replace(r, n=int(r.n * keep))
+                                                 for k, r in tick.routes.items()})
+
+    return dataclasses.replace(rec, agents={p: [scaled(r) if p == pid and isinstance(r, AgentTick) else r for r in rows]
+                                            for p, rows in rec.agents.items()})
+
+
+def test_one_worker_taking_most_requests_is_noted_beside_the_verdict():
+    rec = load("run_instances")
+    assert "load-imbalance" not in kinds(rec)  # round robin: 50/50
+    loser = next(pid for pid, k in inside.instance_of(rec).items() if k == 0)
+    d = diagnose(one_worker_scaled(rec, loser, 0.2))  # the other takes 5/6
+    note = next(f for f in d.findings if f.kind == "load-imbalance")
+    assert "(instance 1)" in note.rule and d.verdict.bottleneck != "load-imbalance"
+    assert "load-imbalance" in [s.bottleneck for s in d.verdict.secondary]
+    assert "load-imbalance" not in kinds(one_worker_scaled(rec, loser, 0.5))  # 2/3: under the 75 % rule
+
+
+def test_a_cache_that_misses_in_front_of_a_limiting_database_is_noted():
+    rec = load("run_cache")  # the database pool is a secondary finding here; the cache hit 81 %
+    assert "cache-ineffective" not in kinds(rec)
+    total = [(c.hits + c.misses) for c in rec.cache]
+    missing = dataclasses.replace(rec, cache=tuple(dataclasses.replace(c, hits=n * 2 // 5, misses=n - n * 2 // 5)
+                                                   for c, n in zip(rec.cache, total)))
+    assert "cache-ineffective" in kinds(missing)
+    assert "cache-ineffective" not in kinds(dataclasses.replace(rec, cache=tuple(
+        dataclasses.replace(c, hits=n * 3 // 5, misses=n - n * 3 // 5) for c, n in zip(rec.cache, total))))
