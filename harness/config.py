@@ -43,6 +43,7 @@ class AppConfig:
     instances: int = 1  # independent servers, each with its own workers and port (behind [proxy])
     loop: str = "auto"
     port: int = 0
+    backlog: int = 0  # the listening socket's accept queue (0: the server's default, 2048)
     access_log: bool = False
     agent: bool = True
     fd_limit: int = 0
@@ -332,6 +333,7 @@ APP_FIELDS = {
     "instances": _Field("instances", _int(1), "instances = 2"),
     "loop": _Field("loop", _choice(LOOPS), 'loop = "uvloop"'),
     "port": _Field("port", _int(0), "port = 8000"),
+    "backlog": _Field("backlog", _int(0), "backlog = 2048"),
     "access_log": _Field("access_log", _bool, "access_log = false"),
     "agent": _Field("agent", _bool, "agent = false"),
     "fd_limit": _Field("fd_limit", _int(16), "fd_limit = 256"),

@@ -103,6 +103,7 @@ def server_command(app: AppConfig, python: str, port: int) -> list[str]:
             python, "-m", "gunicorn", target, "--worker-class", "uvicorn.workers.UvicornWorker",
             "--workers", str(app.workers), "--bind", f"{HOST}:{port}", "--chdir", app.app_dir,
             "--graceful-timeout", "5", "--log-level", "warning",
+            *(["--backlog", str(app.backlog)] if app.backlog else []),
         ]
     cmd = [
         python, "-m", "uvicorn", app.target, "--host", HOST, "--port", str(port),
@@ -110,6 +111,8 @@ def server_command(app: AppConfig, python: str, port: int) -> list[str]:
     ]
     if app.workers > 1:
         cmd += ["--workers", str(app.workers)]
+    if app.backlog:
+        cmd += ["--backlog", str(app.backlog)]
     if app.factory:
         cmd.append("--factory")
     if not app.access_log:

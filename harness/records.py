@@ -271,27 +271,33 @@ class Sample:
     procs: tuple[ProcessSample, ...]
     host_cpu: tuple[float, ...] = ()
     foreign: tuple[ForeignProcess, ...] | None = None
+    # once a second: connections full accept queues turned away since the last reading (host-wide:
+    # "overflows", "drops"), and the longest accept queue of the server's listening sockets now ("queued")
+    listen: Mapping[str, int] | None = None
 
     def to_json(self) -> Json:
         d: Json = {"t": self.t, "procs": [p.to_json() for p in self.procs], "host_cpu": list(self.host_cpu)}
         if self.foreign is not None:
             d["foreign"] = [vars(f) for f in self.foreign]
+        if self.listen is not None:
+            d["listen"] = dict(self.listen)
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], fmt: int = FORMAT) -> Sample:
         old = fmt < FORMAT
-        _check("sample", d, _keys("t", "procs", "host_cpu", "foreign"), RETIRED_V1["Sample"] if old else frozenset())
+        _check("sample", d, _keys("t", "procs", "host_cpu", "foreign", "listen"),
+               RETIRED_V1["Sample"] if old else frozenset())
         retired = RETIRED_V1["ProcessSample"] if old else frozenset()
         foreign = d.get("foreign")
         return cls(float(d["t"]), tuple(ProcessSample.from_json(p, retired) for p in d["procs"]),
                    tuple(d.get("host_cpu", ())),
                    tuple(ForeignProcess(int(f["pid"]), f["name"], float(f["cpu"])) for f in foreign)
-                   if foreign is not None else None)
+                   if foreign is not None else None, d.get("listen"))
 
 
 EVENT_KINDS = ("worker-started", "worker-exited", "target-died", "stopped", "profile-requested", "stage",
-               "search-ended", "capacity")
+               "search-ended", "capacity", "watcher-stopped")
 
 
 @dataclass(frozen=True)

@@ -157,3 +157,30 @@ def test_every_topology_scenario_is_valid():
                                   base_dir=SCENARIOS)
         assert scenario.proxy.kind == "nginx" or scenario.redis.start, name
     assert Path(SCENARIOS / "seed_topology.toml").read_text().count("users = 10000") == 1
+
+
+@e2e
+def test_timeouts_behind_a_full_accept_queue_are_explained_with_the_kernels_counters(tmp_path, env):
+    scenario = tmp_path / "backlog.toml"
+    scenario.write_text(f"""name = "backlog"
+[app]
+target = "sample_app.main:app"
+app_dir = "{ROOT}"
+backlog = 8
+[app.readiness]
+path = "/health"
+[load]
+users = 600
+duration = "5s"
+timeout = "2s"
+[[requests]]
+path = "/health"
+""")
+    out = tmp_path / "run"
+    p = cli(env, "run", str(scenario), "--out", str(out))
+    assert p.returncode in (0, 3), p.stderr[-2000:]
+    rec = Recording.load(out)
+    assert sum((s.listen or {}).get("overflows", 0) for s in rec.samples) > 0
+    verdict = json.loads((out / "summary.json").read_text())["verdict"]
+    note = next(s["summary"] for s in verdict["secondary"] if s["bottleneck"] == "connection-errors")
+    assert "turned away" in note and "of a 8 backlog" in note, note

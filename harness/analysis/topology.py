@@ -16,6 +16,7 @@ from harness.analysis.detectors import WORKER_BUSY, Context, _finding
 from harness.analysis.findings import Finding
 from harness.analysis.series import proc_series
 from harness.analysis.stages import load_window, sustained_onset
+from harness.histogram import Histogram
 from harness.records import AgentTick
 
 SERVICE_BUSY = 0.90  # cores: a single-threaded server (Redis) or one nginx worker at its core
@@ -86,8 +87,50 @@ detectors.BUILTIN.update({"redis-saturated": detect_redis_saturated, "proxy-satu
 
 
 def notes(ctx: Context, findings: list[Finding]) -> list[Finding]:
-    """``load-imbalance`` and ``cache-ineffective``, where the run shows them."""
-    return [*_load_imbalance(ctx), *_cache_ineffective(ctx, findings)]
+    """``load-imbalance``, ``cache-ineffective`` and ``connection-errors``, where the run shows them."""
+    return [*_load_imbalance(ctx), *_cache_ineffective(ctx, findings), *_connection_errors(ctx)]
+
+
+def _connection_errors(ctx: Context) -> list[Finding]:
+    """Resets and timeouts explained by the queueing before the app: the kernel's accept queues (how many
+    connections it turned away), and the time requests spent before the app against the time in it."""
+    rec = ctx.rec
+    outcomes = {k: sum(s.outcomes.get(k, 0) for s in rec.seconds) for k in ("connection-reset", "timeout")}
+    if not any(outcomes.values()):
+        return []
+    window = load_window(rec)
+    listen = [s.listen for s in rec.samples if s.listen and window[0] <= s.t < window[1] + 1.0]
+    turned_away = sum(x.get("overflows", 0) for x in listen)
+    queued = max((x.get("queued", 0) for x in listen), default=0)
+    backlog = rec.scenario.app.backlog or 2048
+    parts = []
+    if outcomes["connection-reset"]:
+        parts.append(f"{outcomes['connection-reset']:,} connection resets")
+    if outcomes["timeout"]:
+        parts.append(f"{outcomes['timeout']:,} requests timed out after {rec.scenario.load.timeout_s:g} s")
+    why = []
+    if turned_away:
+        why.append(f"the kernel turned away {turned_away:,} connections at a full accept queue (ListenOverflows; "
+                   f"the server's longest queue held {queued:,} of a {backlog:,} backlog)")
+    client = Histogram.merged(s.hist for s in rec.seconds)
+    inside_hist = Histogram.merged(r.hist for r in inside.routes(rec).values()) if rec.agents else None
+    if client.count and inside_hist is not None and inside_hist.count:
+        before = client.total_us() / client.count / 1000 - inside_hist.total_us() / inside_hist.count / 1000
+        if before > 0:
+            why.append(f"requests spent {before:,.0f} ms on average before the app (accept queue, proxy, kernel) "
+                       f"and {inside_hist.total_us() / inside_hist.count / 1000:,.0f} ms in it")
+    load = rec.scenario.load
+    rps = sum(s.completed for s in rec.seconds) / max(sum(s.span for s in rec.seconds), 1e-9)
+    if load.model == "closed" and rps and outcomes["timeout"]:
+        why.append(f"{load.users:,} users on {rps:,.0f} req/s queue ≈ {load.users / rps:,.1f} s each on average, "
+                   "and some connections starve")
+    onset = next((s.t for s in rec.seconds if s.outcomes.get("connection-reset") or s.outcomes.get("timeout")), None)
+    return [_finding(
+        ctx, "connection-errors", onset, rule=" and ".join(parts) + (": " + "; ".join(why) if why else ""),
+        summary=" and ".join(parts) + (f": {why[0]}" if why else ""),
+        recommendation="a larger backlog ([app] backlog, and net.core.somaxconn), more workers or instances, or "
+                       "fewer users per instance; a timeout the load can meet",
+        confidence=0.7)]
 
 
 def _load_imbalance(ctx: Context) -> list[Finding]:

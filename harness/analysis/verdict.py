@@ -63,7 +63,7 @@ def diagnose(rec: Recording, extra_detectors: tuple[str, ...] = ()) -> Diagnosis
     ctx = context(rec)
     findings = run_detectors(ctx, extra_detectors)
     v = verdict_of(findings, ctx)
-    beside = topology.notes(ctx, findings)
+    beside = [] if v.invalid else topology.notes(ctx, findings)
     if beside:  # about the shape of the run, never its first bottleneck
         v = dataclasses.replace(v, secondary=(*v.secondary, *_secondary(beside)),
                                 evidence=(*v.evidence, *(f.rule for f in beside)))

@@ -16,6 +16,7 @@ from typing import Callable
 import psutil
 
 from harness.records import Event, ForeignProcess, ProcessSample, Sample
+from harness.sampling.host import accept_queue, listen_counters
 
 CONN_EVERY_S = 1.0  # listing TCP connections reads /proc/net/tcp: once a second is plenty
 HOST_BUSY_FOR_FOREIGN = 0.85  # host CPU share from which processes outside the run are looked at
@@ -53,6 +54,8 @@ class Sampler(threading.Thread):
         self._totals: dict[tuple[str, int], tuple[float, float]] = {}  # (what, pid) → (when, seconds) last read
         self._others: dict[int, psutil.Process] = {}  # processes outside the run, while the host is busy
         self.errors: collections.Counter[str] = collections.Counter()
+        self._listen_ports: set[int] = set()  # the server's (and proxy's) listening ports, seen once a second
+        self._listen_last: dict[str, int] = {}
 
     def stop(self) -> None:
         self._halt.set()
@@ -105,7 +108,19 @@ class Sampler(threading.Thread):
                 self._procs.pop(pid, None)
         host = tuple(round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True))
         foreign = self._foreign({p.pid for p in procs}, host) if with_conns else None
-        return Sample(t, tuple(procs), host, foreign)
+        return Sample(t, tuple(procs), host, foreign, self._listen() if with_conns else None)
+
+    def _listen(self) -> dict[str, int] | None:
+        """Overflowed accept queues since the last reading, and the server's longest accept queue now."""
+        now = listen_counters()
+        last, self._listen_last = self._listen_last, now
+        if not now or not last:
+            return None
+        out = {k: max(0, v - last.get(k, v)) for k, v in now.items()}
+        queued = accept_queue(self._listen_ports)
+        if queued is not None:
+            out["queued"] = queued
+        return out
 
     def _foreign(self, ours: set[int], host: tuple[float, ...]) -> tuple[ForeignProcess, ...] | None:
         """The processes outside the run that used the most CPU since the last look, while the host is
@@ -186,6 +201,8 @@ class Sampler(threading.Thread):
         if with_conns:
             conns = p.net_connections(kind="tcp")
             tcp = dict(collections.Counter(c.status for c in conns))
+            if role in ("master", "worker", "proxy"):
+                self._listen_ports.update(c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr)
             if self.db_port and role != "driver":
                 db_conns = sum(1 for c in conns if c.raddr and c.raddr.port == self.db_port)
             runq = self._runq(p.pid) if role != "driver" else None

@@ -138,3 +138,16 @@ def test_a_cache_that_misses_in_front_of_a_limiting_database_is_noted():
     assert "cache-ineffective" in kinds(missing)
     assert "cache-ineffective" not in kinds(dataclasses.replace(rec, cache=tuple(
         dataclasses.replace(c, hits=n * 3 // 5, misses=n - n * 3 // 5) for c, n in zip(rec.cache, total))))
+
+
+def test_timeouts_at_a_small_backlog_are_explained_by_the_kernels_counters():
+    rec = load("run_backlog")  # 600 users at once on one worker with backlog = 8
+    note = next(f for f in diagnose(rec).findings if f.kind == "connection-errors")
+    assert "requests timed out after 2 s" in note.rule and "turned away" in note.rule and "of a 8 backlog" in note.rule
+    assert "600 users on" in note.rule and "before the app" in note.rule
+    quiet = dataclasses.replace(rec, samples=tuple(dataclasses.replace(s, listen=None) for s in rec.samples))
+    assert "turned away" not in next(f for f in diagnose(quiet).findings if f.kind == "connection-errors").rule
+    clean = dataclasses.replace(rec, driver_records=tuple(
+        dataclasses.replace(r, outcomes={**r.outcomes, "timeout": 0}) if hasattr(r, "outcomes") else r
+        for r in rec.driver_records))
+    assert "connection-errors" not in kinds(clean)
