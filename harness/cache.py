@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from harness.config import RedisConfig
 from harness.errors import BootError, ConfigError, UnreachableError
 from harness.launcher import HOST, find_binary, free_port
-from harness.processes import spawn, stderr_tail, stop_group
+from harness.processes import Managed, spawn, stderr_tail, stop_group
 from harness.target import LOOPBACK
 
 REDIS_HINT = "install it (`apt-get install redis-server` on Debian/Ubuntu) or point [redis] binary at it"
@@ -42,7 +42,7 @@ def command(address: tuple[str, int], *args: str, timeout: float = 2.0) -> bytes
         return head[1:].strip()
 
 
-class RedisServer:
+class RedisServer(Managed):
     """The Redis of a run: started here (``start``), or checked (``url``); ``url`` is what the app gets."""
 
     def __init__(self, config: RedisConfig, allow_remote: bool = False):
@@ -61,17 +61,6 @@ class RedisServer:
     @property
     def pid(self) -> int:
         return self.proc.pid if self.proc and self.proc.poll() is None else 0
-
-    def __enter__(self) -> RedisServer:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         if self.config.start:

@@ -23,6 +23,28 @@ PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
+class Managed:
+    """Something the harness starts and must stop: ``with`` starts it, and stops it on the way out,
+    or at once when starting failed half-way (``stop`` is safe to call on what never started)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """End every process this started; safe to call twice."""
+
+    def __enter__(self) -> Any:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 def spawn(args: Sequence[str] | str, death_signal: int = signal.SIGTERM,
           preexec: Callable[[], None] | None = None, **popen: Any) -> subprocess.Popen:
     """``subprocess.Popen`` in a new session; the child gets ``death_signal`` when the harness dies."""

@@ -274,6 +274,7 @@ class Sample:
     # once a second: connections full accept queues turned away since the last reading (host-wide:
     # "overflows", "drops"), and the longest accept queue of the server's listening sockets now ("queued")
     listen: Mapping[str, int] | None = None
+    steal: float | None = None  # once a second: cores the hypervisor gave to other machines (steal time)
 
     def to_json(self) -> Json:
         d: Json = {"t": self.t, "procs": [p.to_json() for p in self.procs], "host_cpu": list(self.host_cpu)}
@@ -281,19 +282,21 @@ class Sample:
             d["foreign"] = [vars(f) for f in self.foreign]
         if self.listen is not None:
             d["listen"] = dict(self.listen)
+        if self.steal is not None:
+            d["steal"] = self.steal
         return d
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], fmt: int = FORMAT) -> Sample:
         old = fmt < FORMAT
-        _check("sample", d, _keys("t", "procs", "host_cpu", "foreign", "listen"),
+        _check("sample", d, _keys("t", "procs", "host_cpu", "foreign", "listen", "steal"),
                RETIRED_V1["Sample"] if old else frozenset())
         retired = RETIRED_V1["ProcessSample"] if old else frozenset()
         foreign = d.get("foreign")
         return cls(float(d["t"]), tuple(ProcessSample.from_json(p, retired) for p in d["procs"]),
                    tuple(d.get("host_cpu", ())),
                    tuple(ForeignProcess(int(f["pid"]), f["name"], float(f["cpu"])) for f in foreign)
-                   if foreign is not None else None, d.get("listen"))
+                   if foreign is not None else None, d.get("listen"), d.get("steal"))
 
 
 EVENT_KINDS = ("worker-started", "worker-exited", "target-died", "stopped", "profile-requested", "stage",

@@ -29,7 +29,7 @@ from harness.records import DriverRecord, DriverSecond, Event, Progress
 from harness.sampling.database import PgWatcher, check_postgres, db_port, local_server
 from harness.sampling.pyspy import PySpyWindow
 from harness.sampling.sampler import Sampler
-from harness.sampling.services import RedisWatcher
+from harness.sampling.services import RedisWatcher, Watcher
 from harness.target import Target
 
 START_DELAY_S = 1.0  # drivers start together this long after launch (imports take ~0.2 s)
@@ -127,10 +127,10 @@ class Session:
             watcher.start()
             self.stack.callback(self._stop_watcher, watcher)
 
-    def _stop_watcher(self, watcher: Any) -> None:
+    def _stop_watcher(self, watcher: Watcher) -> None:
         watcher.stop()
         if watcher.error:
-            self.event("watcher-stopped", why=f"{watcher.name}: {watcher.error}")
+            self.writer.append(Event(watcher.failed_t, "watcher-stopped", why=f"{watcher.name}: {watcher.error}"))
 
     def driver_pids(self) -> list[int]:
         if self.external is not None:

@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 import httpx
 
 from harness.errors import ConfigError, UnreachableError
-from harness.processes import tree_roles
+from harness.processes import Managed, tree_roles
 
 HOST = "127.0.0.1"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class Target:
+class Target(Managed):
     """A server to load. ``start`` raises a ``TargetError`` naming the cause and the fix."""
 
     has_agent = False  # its workers run the in-process agent
@@ -38,9 +38,6 @@ class Target:
     def start(self) -> None:
         """Boot (or check) the target; return once it answers."""
         raise NotImplementedError
-
-    def stop(self) -> None:
-        """End every process this target started; safe to call twice."""
 
     def alive(self) -> bool:
         return True
@@ -65,17 +62,6 @@ class Target:
         """Threads (``sampling.services.Watcher``) that watch what this target runs besides the app
         (a proxy), each calling ``on_record`` once a second; the session starts and stops them."""
         return []
-
-    def __enter__(self) -> Target:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 def loopback_address(url: str, allow_remote: bool) -> tuple[str, int]:

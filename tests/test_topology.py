@@ -184,3 +184,18 @@ path = "/health"
     verdict = json.loads((out / "summary.json").read_text())["verdict"]
     note = next(s["summary"] for s in verdict["secondary"] if s["bottleneck"] == "connection-errors")
     assert "turned away" in note and "of a 8 backlog" in note, note
+
+
+@e2e
+def test_redis_going_away_mid_run_is_counted_said_and_leaves_nothing(tmp_path, env):
+    out = tmp_path / "run"
+    with cli_in_background(env, "run", str(SCENARIOS / "cache.toml"), "--duration", "6s", "--out", str(out)) as proc:
+        wait_until(proc, lambda: (out / "cache.jsonl").is_file() and (out / "cache.jsonl").stat().st_size > 0)
+        redis = json.loads((out / "run.json").read_text())["redis"]["pid"]
+        psutil.Process(redis).kill()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 1) and "Traceback" not in stderr, stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["errors"]["by_kind"].get("5xx", 0) > 0, summary["errors"]
+    assert "Mid-run, Redis stopped answering at t=" in summary["verdict"]["summary"], summary["verdict"]["summary"]
+    assert gone(redis)

@@ -61,6 +61,40 @@ class ThreadpoolProbe:
         return {"total": lim.total_tokens, "borrowed": lim.borrowed_tokens, "waiting": waiting}
 
 
+class _Pools:
+    """The pools a probe has seen: id(pool) → (weak reference to it, its stats). Not a
+    WeakKeyDictionary, whose lookups make a weak reference each (one per checkout) and whose
+    iteration is slow Python. ``fresh()`` makes a pool's first stats."""
+
+    def __init__(self, fresh: Any) -> None:
+        self.entries: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
+        self.fresh = fresh
+        self.lock = threading.Lock()  # pools are used from the request threads too (sync engines)
+
+    def stats(self, pool: Any) -> Dict[str, Any]:
+        entry = self.entries.get(id(pool))
+        if entry is None or entry[0]() is not pool:  # new, or a new pool where a dead one was
+            with self.lock:
+                entry = self.entries.get(id(pool))
+                if entry is None or entry[0]() is not pool:
+                    entry = self.entries[id(pool)] = (weakref.ref(pool), {
+                        "id": f"{type(pool).__name__}@{id(pool):x}", **self.fresh()})
+        return entry[1]
+
+    def live(self) -> List[Tuple[Any, Dict[str, Any]]]:
+        """(pool, stats) of each pool still alive; the dead ones are forgotten."""
+        out = []
+        for key, (ref, stats) in list(self.entries.items()):
+            pool = ref()
+            if pool is None:
+                with self.lock:
+                    if self.entries.get(key, (None,))[0] is ref:
+                        del self.entries[key]
+                continue
+            out.append((pool, stats))
+        return out
+
+
 class PoolProbe:
     """Every SQLAlchemy QueuePool in the process: size, overflow, checked out, waiting, acquire and
     hold times (a wait that ends in the pool's timeout counts as a wait too), and per holder (the
@@ -68,11 +102,9 @@ class PoolProbe:
     how long connections were held and how much of that their statements ran."""
 
     def __init__(self) -> None:
-        # id(pool) → (weak reference to it, its stats); not a WeakKeyDictionary, whose lookups
-        # make a weak reference each (one per checkout) and whose iteration is slow Python
-        self.pools: Dict[int, Tuple[Any, Dict[str, Any]]] = {}
+        self.pools = _Pools(lambda: {"acquire": hist.Histogram(), "hold_ms": 0.0, "returns": 0, "timeouts": 0,
+                                     "waiting": 0, "holds": {}})
         self.installed = False
-        self.lock = threading.Lock()
         self.checked_out_at: Dict[int, Tuple[float, str]] = {}
         self.routes: Any = None  # the agent middleware, set by it
 
@@ -127,27 +159,12 @@ class PoolProbe:
         QueuePool._do_return_conn = _do_return_conn
 
     def _stats(self, pool: Any) -> Dict[str, Any]:
-        entry = self.pools.get(id(pool))
-        if entry is None or entry[0]() is not pool:  # new, or a new pool where a dead one was
-            with self.lock:
-                entry = self.pools.get(id(pool))
-                if entry is None or entry[0]() is not pool:
-                    entry = self.pools[id(pool)] = (weakref.ref(pool), {
-                        "id": f"{type(pool).__name__}@{id(pool):x}", "acquire": hist.Histogram(),
-                        "hold_ms": 0.0, "returns": 0, "timeouts": 0, "waiting": 0, "holds": {},
-                    })
-        return entry[1]
+        return self.pools.stats(pool)
 
     def read(self) -> List[Dict[str, Any]]:
         self.install()
         out = []
-        for key, (ref, stats) in list(self.pools.items()):
-            pool = ref()
-            if pool is None:
-                with self.lock:
-                    if self.pools.get(key, (None,))[0] is ref:
-                        del self.pools[key]
-                continue
+        for pool, stats in self.pools.live():
             acquire = stats["acquire"]
             if acquire.counts:  # else left in place: an idle pool's tick makes no new histogram
                 stats["acquire"] = hist.Histogram()
@@ -210,7 +227,7 @@ class RedisPoolProbe:
     the errors that ended an acquire."""
 
     def __init__(self) -> None:
-        self.pools: Dict[int, Tuple[Any, Dict[str, Any]]] = {}  # id(pool) → (weak ref, stats)
+        self.pools = _Pools(lambda: {"acquire": hist.Histogram(), "waiting": 0, "errors": {}})
         self.installed = False
 
     def install(self) -> None:
@@ -249,20 +266,12 @@ class RedisPoolProbe:
         return get_connection
 
     def _stats(self, pool: Any) -> Dict[str, Any]:
-        entry = self.pools.get(id(pool))
-        if entry is None or entry[0]() is not pool:
-            entry = self.pools[id(pool)] = (weakref.ref(pool), {
-                "id": f"{type(pool).__name__}@{id(pool):x}", "acquire": hist.Histogram(), "waiting": 0, "errors": {}})
-        return entry[1]
+        return self.pools.stats(pool)
 
     def read(self) -> List[Dict[str, Any]]:
         self.install()
         out = []
-        for key, (ref, stats) in list(self.pools.items()):
-            pool = ref()
-            if pool is None:
-                self.pools.pop(key, None)
-                continue
+        for pool, stats in self.pools.live():
             acquire, stats["acquire"] = stats["acquire"], hist.Histogram()
             errors, stats["errors"] = stats["errors"], {}
             try:

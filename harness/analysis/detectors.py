@@ -184,13 +184,18 @@ def detect_host_contended(ctx: Context) -> list[Finding]:
                 names.setdefault(f"{f.name} (pid {f.pid})", []).append(f.cpu)
     top = sorted(((statistics.mean(v), k) for k, v in names.items()), reverse=True)[:3]
     runq = max((v for t, v in tl.runq.items() if t >= onset), default=0.0)
+    steals = [s.steal for s in ctx.rec.samples if s.steal is not None and s.t >= onset and s.t <= until]
+    steal = statistics.mean(steals) if steals else 0.0
+    stolen = (f"; {steal:.1f} cores of it were steal time: the hypervisor ran other machines on this one's CPUs"
+              if steal >= FOREIGN_CORES / 2 else "")
     return [_finding(
         ctx, "host-contended", onset,
         rule=f"processes outside the run used {statistics.mean(after):.1f} cores of this host's {ctx.cores} from "
              f"t={onset}s while the host was ≥ {HOST_BUSY:.0%} busy or the workers waited for a CPU "
-             f"(up to {runq:.2f} s per second)",
+             f"(up to {runq:.2f} s per second){stolen}",
         evidence=tuple(f"{name}: {cpu:.2f} cores" for cpu, name in top),
-        summary="the host was busy with other processes" + (f" ({', '.join(n for _, n in top)})" if top else ""),
+        summary=("the hypervisor gave this machine's CPUs to other machines (steal time)" if stolen and not top else
+                 "the host was busy with other processes" + (f" ({', '.join(n for _, n in top)})" if top else "")),
         recommendation="run on a quiet host (stop what else runs here, or give the app cores of its own); "
                        "this run says nothing about the app",
         confidence=0.9)]

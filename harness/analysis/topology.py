@@ -20,7 +20,7 @@ from harness.histogram import Histogram
 from harness.records import AgentTick
 
 SERVICE_BUSY = 0.90  # cores: a single-threaded server (Redis) or one nginx worker at its core
-IMBALANCE = 0.75  # of the requests, for one worker of several, in a second
+IMBALANCE = 0.75  # of the requests, for one worker of several, in a second (while it is at its core)
 IMBALANCE_SECONDS = 3
 CACHE_LOW = 0.5  # hit rate under which a cache in front of a limiting database does little
 DB_KINDS = ("db-slow-queries", "db-pool-exhausted")
@@ -149,7 +149,10 @@ def _load_imbalance(ctx: Context) -> list[Finding]:
         if total >= 20:
             pid = max(by, key=by.__getitem__)
             top[t] = (pid, by[pid] / total)
-    lopsided = sorted(t for t, (_, share) in top.items() if share >= IMBALANCE)
+    # evidence only where it cost something: the worker that took the load was at its core meanwhile
+    cpu = {pid: dict(pts) for pid, pts in proc_series(rec, "worker", "cpu", load_window(rec)).items()}
+    lopsided = sorted(t for t, (pid, share) in top.items()
+                      if share >= IMBALANCE and cpu.get(pid, {}).get(t, 0.0) >= WORKER_BUSY)
     if len(lopsided) < IMBALANCE_SECONDS:
         return []
     pid, _ = top[lopsided[0]]
@@ -158,8 +161,8 @@ def _load_imbalance(ctx: Context) -> list[Finding]:
     who = f"worker {pid}" + (f" (instance {instance[pid]})" if pid in instance else "")
     return [_finding(
         ctx, "load-imbalance", lopsided[0],
-        rule=f"{who} took {share:.0%} of the requests in {len(lopsided)} seconds from t={lopsided[0]}s while "
-             f"{len(workers) - 1} other worker(s) shared the rest",
+        rule=f"{who} took {share:.0%} of the requests, at its core, in {len(lopsided)} seconds from "
+             f"t={lopsided[0]}s while {len(workers) - 1} other worker(s) shared the rest",
         summary=f"the load was not spread: {who} took {share:.0%} of the requests in {len(lopsided)} seconds",
         recommendation="with several workers on one socket the kernel hands new connections to whichever accepts "
                        "first: keep-alive clients stay where they landed; more, shorter connections or a proxy "

@@ -121,19 +121,33 @@ def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
         secondary=tuple(dataclasses.replace(s, summary=short(s.summary)) for s in v.secondary))
 
 
+SERVICES = {"redis-watcher": "Redis", "nginx-watcher": "nginx", "pg-watcher": "PostgreSQL"}  # by watcher thread
+
+
 def servers_lost(rec: Recording) -> str:
-    """A sentence on the server processes that exited while the load ran and the run went on (an instance
-    behind a proxy, a worker its master did not replace in time), with what the proxy saw; else ""."""
-    lo, hi = 0.0, rec.seconds[-1].t + 1.0 if rec.seconds else 0.0
-    exited = [e for e in rec.events if e.kind == "worker-exited" and e.t is not None and lo <= e.t < hi]
-    if not exited:
-        return ""
-    instance = inside.instance_of(rec)
-    which = ", ".join(f"pid {e.pid}" + (f" (instance {instance[e.pid]})" if e.pid in instance else "")
-                      + f" at t={e.t:.0f}s" for e in exited)
-    connect = sum(p.errors.get("upstream-connect", 0) for p in rec.proxy if p.t >= exited[0].t)
-    seen = f"; the proxy logged {connect:,} failed connections to it and sent the requests elsewhere" if connect else ""
-    return f"Mid-run, a server process exited: {which}{seen}; the figures after it are of what was left."
+    """A sentence on what stopped while the load ran and the run went on: server processes that exited
+    (an instance behind a proxy, a worker its master did not replace in time), with what the proxy saw,
+    and the services beside the app that stopped answering (Redis, nginx); else ""."""
+    hi = rec.seconds[-1].t + 1.0 if rec.seconds else 0.0
+    during = [e for e in rec.events if e.t is not None and 0.0 <= e.t < hi]
+    exited = [e for e in during if e.kind == "worker-exited"]
+    sentences = []
+    if exited:
+        instance = inside.instance_of(rec)
+        which = ", ".join(f"pid {e.pid}" + (f" (instance {instance[e.pid]})" if e.pid in instance else "")
+                          + f" at t={e.t:.0f}s" for e in exited)
+        connect = sum(p.errors.get("upstream-connect", 0) for p in rec.proxy if p.t >= exited[0].t)
+        seen = (f"; the proxy logged {connect:,} failed connections to it and sent the requests elsewhere"
+                if connect else "")
+        sentences.append(f"Mid-run, a server process exited: {which}{seen}; the figures after it are of what was "
+                         "left.")
+    for e in during:
+        if e.kind == "watcher-stopped":
+            watcher, _, why = (e.why or "").partition(": ")
+            service = SERVICES.get(watcher, "a service beside the app")
+            sentences.append(f"Mid-run, {service} stopped answering at t={e.t:.0f}s ({why}); what the app did after "
+                             "it is in the errors and exceptions by route.")
+    return " ".join(sentences)
 
 
 def _verdict_of(findings: list[Finding], ctx: Context) -> Verdict:

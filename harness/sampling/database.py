@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from harness.errors import DatabaseError
 from harness.records import DbSample
+from harness.sampling.services import Watcher
 
 STATES_SQL = (
     "SELECT coalesce(state, 'background'), CASE WHEN state = 'active' THEN coalesce(wait_event_type, 'CPU') END, "
@@ -77,38 +76,27 @@ def check_postgres(url: str) -> int:
         return int(conn.execute("SHOW max_connections").fetchone()[0])
 
 
-class PgWatcher(threading.Thread):
+class PgWatcher(Watcher):
     """Once a second: connections by state for the app's database, against max_connections."""
 
     def __init__(self, url: str, t0: float, on_record: Callable[[DbSample], None]):
-        super().__init__(name="pg-watcher", daemon=True)
-        self.url, self.t0, self.on_record = url, t0, on_record
-        self._halt = threading.Event()
-        self.error = ""
+        super().__init__("pg-watcher", t0)
+        self.url, self.on_record = url, on_record
+        self._conn: Any = None
+        self._max = 0
 
-    def stop(self) -> None:
-        self._halt.set()
-        if self.is_alive():
-            self.join(timeout=5.0)
+    def poll(self, t: float) -> None:
+        if self._conn is None:
+            self._conn = _connect(self.url)
+            self._max = int(self._conn.execute("SHOW max_connections").fetchone()[0])
+        states: dict[str, int] = {}
+        waits: dict[str, int] = {}
+        for state, wait, n in self._conn.execute(STATES_SQL).fetchall():
+            states[str(state)] = states.get(str(state), 0) + int(n)
+            if wait is not None:
+                waits[str(wait)] = int(n)
+        self.on_record(DbSample(t, "postgres", states, sum(states.values()), self._max, waits))
 
-    def run(self) -> None:
-        try:
-            conn = _connect(self.url)
-        except DatabaseError as e:
-            self.error = str(e)
-            return
-        with conn:
-            max_conn = int(conn.execute("SHOW max_connections").fetchone()[0])
-            while not self._halt.wait(1.0):
-                states: dict[str, int] = {}
-                waits: dict[str, int] = {}
-                try:
-                    for state, wait, n in conn.execute(STATES_SQL).fetchall():
-                        states[str(state)] = states.get(str(state), 0) + int(n)
-                        if wait is not None:
-                            waits[str(wait)] = int(n)
-                except Exception as e:  # the server went away: record it and stop watching
-                    self.error = f"{type(e).__name__}: {e}"
-                    return
-                self.on_record(DbSample(round(time.time() - self.t0, 3), "postgres", states, sum(states.values()),
-                                        max_conn, waits))
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -108,7 +108,14 @@ class Sampler(threading.Thread):
                 self._procs.pop(pid, None)
         host = tuple(round(x / 100.0, 3) for x in psutil.cpu_percent(percpu=True))
         foreign = self._foreign({p.pid for p in procs}, host) if with_conns else None
-        return Sample(t, tuple(procs), host, foreign, self._listen() if with_conns else None)
+        return Sample(t, tuple(procs), host, foreign, self._listen() if with_conns else None,
+                      self._steal() if with_conns else None)
+
+    def _steal(self) -> float | None:
+        """Cores of this (virtual) machine the hypervisor ran other machines on since the last read."""
+        steal = getattr(psutil.cpu_times(), "steal", None)
+        rate = self._rate(("steal", 0), steal) if steal is not None else None
+        return round(rate, 3) if rate is not None else None
 
     def _listen(self) -> dict[str, int] | None:
         """Overflowed accept queues since the last reading, and the server's longest accept queue now."""

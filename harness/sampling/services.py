@@ -1,4 +1,5 @@
-"""The services beside the app, once a second: nginx's ``stub_status`` and error log, Redis's ``INFO``."""
+"""The services beside the app, once a second: nginx's ``stub_status`` and error log, Redis's ``INFO``
+(and, in ``database``, PostgreSQL's ``pg_stat_activity``), each on a ``Watcher`` thread."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness.cache import command
+from harness.errors import HarnessError
 from harness.records import CacheSample, ProxySample
 
 # nginx error-log lines, by what they say about the upstreams or the proxy itself
@@ -29,12 +31,14 @@ def nginx_error_kind(line: str) -> str:
 
 
 class Watcher(threading.Thread):
-    """Calls ``poll`` once a second until stopped; the first error ends the watching and is kept."""
+    """Calls ``poll`` once a second until stopped; the first error ends the watching and is kept, with
+    when it came (``failed_t``, seconds since t0), for the run's events."""
 
     def __init__(self, name: str, t0: float):
         super().__init__(name=name, daemon=True)
         self.t0 = t0
         self.error = ""
+        self.failed_t: float | None = None
         self._halt = threading.Event()
 
     def stop(self) -> None:
@@ -43,15 +47,22 @@ class Watcher(threading.Thread):
             self.join(timeout=5.0)
 
     def run(self) -> None:
-        while not self._halt.wait(1.0):
-            try:
-                self.poll(round(time.time() - self.t0, 3))
-            except Exception as e:  # the service went away: said once, in the run's events
-                self.error = f"{type(e).__name__}: {e}"
-                return
+        try:
+            while not self._halt.wait(1.0):
+                t = round(time.time() - self.t0, 3)
+                try:
+                    self.poll(t)
+                except Exception as e:  # the service went away (or never answered)
+                    self.error, self.failed_t = str(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}", t
+                    return
+        finally:
+            self.close()
 
     def poll(self, t: float) -> None:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``poll`` opened (on the watcher's own thread)."""
 
 
 class NginxWatcher(Watcher):

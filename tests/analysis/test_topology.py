@@ -118,8 +118,8 @@ def one_worker_scaled(rec, pid: int, keep: float):
                                             for p, rows in rec.agents.items()})
 
 
-def test_one_worker_taking_most_requests_is_noted_beside_the_verdict():
-    rec = load("run_instances")
+def test_one_worker_taking_most_requests_at_its_core_is_noted_beside_the_verdict():
+    rec = with_role_cpu(load("run_instances"), "worker", 0.9)
     assert "load-imbalance" not in kinds(rec)  # round robin: 50/50
     loser = next(pid for pid, k in inside.instance_of(rec).items() if k == 0)
     d = diagnose(one_worker_scaled(rec, loser, 0.2))  # the other takes 5/6
@@ -127,6 +127,8 @@ def test_one_worker_taking_most_requests_is_noted_beside_the_verdict():
     assert "(instance 1)" in note.rule and d.verdict.bottleneck != "load-imbalance"
     assert "load-imbalance" in [s.bottleneck for s in d.verdict.secondary]
     assert "load-imbalance" not in kinds(one_worker_scaled(rec, loser, 0.5))  # 2/3: under the 75 % rule
+    idle = with_role_cpu(load("run_instances"), "worker", 0.7)  # lopsided, but nobody was short of CPU
+    assert "load-imbalance" not in kinds(one_worker_scaled(idle, loser, 0.2))
 
 
 def test_a_cache_that_misses_in_front_of_a_limiting_database_is_noted():

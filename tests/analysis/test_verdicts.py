@@ -150,3 +150,14 @@ def test_refused_connections_in_one_second_are_the_verdict_past_the_error_limit(
     if fires:
         assert "the database refuses connections" in v.summary and "= 80 connections against max_connections = 50" \
             in v.summary
+
+
+def test_steal_time_is_named_when_the_hypervisor_took_the_cpu():
+    rec = load("run_host_contended")
+    # as on a busy VM: nobody on this machine to name, the CPU went to other machines
+    stolen = dataclasses.replace(rec, samples=tuple(
+        dataclasses.replace(s, foreign=() if s.foreign is not None else None,
+                            steal=0.9 if s.foreign is not None else None) for s in rec.samples))
+    v = diagnose(stolen).verdict
+    assert v.bottleneck == "host-contended" and "steal time" in v.summary and "hypervisor" in v.summary, v.summary
+    assert "steal time" not in diagnose(rec).verdict.summary  # busy loops on this machine: named as processes
