@@ -246,20 +246,33 @@ def _topology(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def topology_note(rows: list[dict[str, Any]]) -> str:
-    """What a cache or a proxy with more instances did for throughput, against the rows without them."""
+    """What a cache, a proxy, or more instances behind it did for throughput, each against the rows without."""
     ok = [r for r in rows if r.get("max_rps")]
-    notes = []
+
+    def instances(r: dict[str, Any]) -> int:
+        return int(r.get("overrides", {}).get("app.instances", 0) or 0)
+
+    def best(among: list[dict[str, Any]]) -> dict[str, Any]:
+        return max(among, key=lambda r: r["max_rps"])
+
+    pairs = []
     for key, what in (("hit_rate", "the cache"), ("proxy_cpu", "the proxy")):
         with_it, without = [r for r in ok if key in r], [r for r in ok if key not in r]
-        if not with_it or not without:
-            continue
-        a, b = max(without, key=lambda r: r["max_rps"]), max(with_it, key=lambda r: r["max_rps"])
+        if with_it and without:
+            pairs.append((what, key, best(without), best(with_it)))
+    counts = sorted({instances(r) for r in ok} - {0})
+    if len(counts) > 1:
+        pairs.append((f"{counts[-1]} instances", "instances", best([r for r in ok if instances(r) == counts[0]]),
+                      best([r for r in ok if instances(r) == counts[-1]])))
+    notes = []
+    for what, key, a, b in pairs:
         change = b["max_rps"] / a["max_rps"] - 1
-        verb = "helped" if change > 0.05 and not tie(a["max_rps_runs"], b["max_rps_runs"]) else (
-            "hurt" if change < -0.05 and not tie(a["max_rps_runs"], b["max_rps_runs"]) else "made no clear difference")
+        clear = not tie(a["max_rps_runs"], b["max_rps_runs"])
+        verb = ("helped" if change > 0.05 and clear else "hurt" if change < -0.05 and clear
+                else "made no clear difference")
         cost = (f"its hit rate was {b['hit_rate']:.0%}" if key == "hit_rate" else
-                f"nginx used {b['proxy_cpu']:.2f} cores and the server processes peaked at {b['peak_rss_mb']:,.0f} MB "
-                f"against {a['peak_rss_mb']:,.0f} MB")
+                (f"nginx used {b['proxy_cpu']:.2f} cores; " if "proxy_cpu" in b else "")
+                + f"the server processes peaked at {b['peak_rss_mb']:,.0f} MB against {a['peak_rss_mb']:,.0f} MB")
         notes.append(f"{what[0].upper()}{what[1:]} {verb} on this host: {b['label']} {b['max_rps']:,.0f} req/s against "
                      f"{a['label']} {a['max_rps']:,.0f} ({change:+.0%}); {cost}.")
     return " ".join(notes)

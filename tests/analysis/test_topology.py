@@ -153,3 +153,14 @@ def test_timeouts_at_a_small_backlog_are_explained_by_the_kernels_counters():
         dataclasses.replace(r, outcomes={**r.outcomes, "timeout": 0}) if hasattr(r, "outcomes") else r
         for r in rec.driver_records))
     assert "connection-errors" not in kinds(clean)
+
+
+def test_compare_says_what_the_second_instance_cost_and_gave():
+    base = {"max_rps_runs": [], "proxy_cpu": 0.2}
+    one = {**base, "label": "instances=1", "overrides": {"app.instances": "1"}, "max_rps": 1500.0,
+           "max_rps_runs": [1500.0], "peak_rss_mb": 90.0}
+    two = {**base, "label": "instances=2", "overrides": {"app.instances": "2"}, "max_rps": 1560.0,
+           "max_rps_runs": [1560.0], "peak_rss_mb": 180.0, "proxy_cpu": 0.35}
+    assert topology_note([one, two]) == (
+        "2 instances made no clear difference on this host: instances=2 1,560 req/s against instances=1 1,500 (+4%); "
+        "nginx used 0.35 cores; the server processes peaked at 180 MB against 90 MB.")
