@@ -311,6 +311,7 @@ class Event:
     kind: str
     pid: int | None = None  # worker-started, worker-exited
     why: str | None = None  # stopped: the exception's name; search-ended: knee | max-time | max-rate | ... | collapse
+    # watcher-stopped: "Service: error" (Redis, nginx, PostgreSQL stopped answering)
     id: int | None = None  # profile-requested
     seconds: float | None = None  # profile-requested
     phase: str | None = None  # stage: calibrate | step | refine | hold

@@ -130,7 +130,7 @@ class Session:
     def _stop_watcher(self, watcher: Watcher) -> None:
         watcher.stop()
         if watcher.error:
-            self.writer.append(Event(watcher.failed_t, "watcher-stopped", why=f"{watcher.name}: {watcher.error}"))
+            self.writer.append(Event(watcher.failed_t, "watcher-stopped", why=f"{watcher.service}: {watcher.error}"))
 
     def driver_pids(self) -> list[int]:
         if self.external is not None:

@@ -121,9 +121,6 @@ def verdict_of(findings: list[Finding], ctx: Context) -> Verdict:
         secondary=tuple(dataclasses.replace(s, summary=short(s.summary)) for s in v.secondary))
 
 
-SERVICES = {"redis-watcher": "Redis", "nginx-watcher": "nginx", "pg-watcher": "PostgreSQL"}  # by watcher thread
-
-
 def servers_lost(rec: Recording) -> str:
     """A sentence on what stopped while the load ran and the run went on: server processes that exited
     (an instance behind a proxy, a worker its master did not replace in time), with what the proxy saw,
@@ -143,8 +140,7 @@ def servers_lost(rec: Recording) -> str:
                          "left.")
     for e in during:
         if e.kind == "watcher-stopped":
-            watcher, _, why = (e.why or "").partition(": ")
-            service = SERVICES.get(watcher, "a service beside the app")
+            service, _, why = (e.why or "").partition(": ")  # the session writes "Service: error"
             sentences.append(f"Mid-run, {service} stopped answering at t={e.t:.0f}s ({why}); what the app did after "
                              "it is in the errors and exceptions by route.")
     return " ".join(sentences)

@@ -80,7 +80,7 @@ class PgWatcher(Watcher):
     """Once a second: connections by state for the app's database, against max_connections."""
 
     def __init__(self, url: str, t0: float, on_record: Callable[[DbSample], None]):
-        super().__init__("pg-watcher", t0)
+        super().__init__("PostgreSQL", t0)
         self.url, self.on_record = url, on_record
         self._conn: Any = None
         self._max = 0

@@ -34,8 +34,9 @@ class Watcher(threading.Thread):
     """Calls ``poll`` once a second until stopped; the first error ends the watching and is kept, with
     when it came (``failed_t``, seconds since t0), for the run's events."""
 
-    def __init__(self, name: str, t0: float):
-        super().__init__(name=name, daemon=True)
+    def __init__(self, service: str, t0: float):
+        super().__init__(name=f"{service.lower()}-watcher", daemon=True)
+        self.service = service  # its name in words: the run's events and the verdict say it
         self.t0 = t0
         self.error = ""
         self.failed_t: float | None = None
@@ -67,7 +68,7 @@ class Watcher(threading.Thread):
 
 class NginxWatcher(Watcher):
     def __init__(self, status_url: str, error_log: Path, t0: float, on_record: Callable[[ProxySample], None]):
-        super().__init__("nginx-watcher", t0)
+        super().__init__("nginx", t0)
         self.status_url, self.error_log, self.on_record = status_url, error_log, on_record
         self._last: tuple[int, int, int] | None = None  # accepts, handled, requests
         self._log_pos = 0
@@ -108,7 +109,7 @@ class RedisWatcher(Watcher):
                 "rejected_connections")
 
     def __init__(self, address: tuple[str, int], t0: float, on_record: Callable[[CacheSample], None]):
-        super().__init__("redis-watcher", t0)
+        super().__init__("Redis", t0)
         self.address, self.on_record = address, on_record
         self._last: tuple[float, dict[str, float]] | None = None
 
