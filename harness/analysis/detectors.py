@@ -753,10 +753,16 @@ def detect_db_slow_queries(ctx: Context) -> list[Finding]:
 
 def _database_busy_past(ctx: Context, onset: float) -> tuple[bool, str]:
     """Whether the database itself worked past ``onset``, and what showed it: PostgreSQL's connections
-    mostly active (running a statement, not idle waiting for the app); SQLite, which runs each
-    connection in a thread of the worker, those threads using more CPU than the loop."""
+    mostly active (running a statement, not idle waiting for the app), or its processes, where the run
+    watched them, using more CPU than the workers (on a full host the loop picks results up late and a
+    snapshot of pg_stat_activity finds them idle in transaction); SQLite, which runs each connection in
+    a thread of the worker, those threads using more CPU than the loop."""
     pg = [r for r in ctx.rec.db if r.kind == "postgres" and r.t >= onset]
     if pg:
+        db_cpu = [v for t, v in ctx.tl.server_db_cpu.items() if t >= onset]
+        app_cpu = [sum(v) for t, v in ctx.tl.worker_cpu_all.items() if t >= onset]
+        # per-second medians: a server's exited backends add their whole CPU in the second they exit
+        burning = bool(db_cpu and app_cpu) and statistics.median(db_cpu) > statistics.median(app_cpu)
         active = sum(r.states.get("active", 0) for r in pg) / len(pg)
         conns = sum(r.total - r.states.get("background", 0) for r in pg) / len(pg)
         waits: dict[str, int] = {}
@@ -764,9 +770,11 @@ def _database_busy_past(ctx: Context, onset: float) -> tuple[bool, str]:
             for kind, n in r.waits.items():
                 waits[kind] = max(waits.get(kind, 0), n)
         shown = ", ".join(f"{k} {n}" for k, n in sorted(waits.items(), key=lambda kv: -kv[1]))
-        return active >= 0.5 * conns > 0, (
+        return active >= 0.5 * conns > 0 or burning, (
             f"PostgreSQL pg_stat_activity: {active:.1f} of the app's {conns:.1f} connections active on average"
-            + (f" (at most, by wait event: {shown})" if shown else ""))
+            + (f" (at most, by wait event: {shown})" if shown else "")
+            + (f"; its processes used {statistics.median(db_cpu):.2f} cores, the workers "
+               f"{statistics.median(app_cpu):.2f} (medians per second)" if db_cpu and app_cpu else ""))
     threads = [(p.cpu - p.main_cpu, p.main_cpu) for s in ctx.rec.samples if s.t >= onset for p in s.procs
                if p.role == "worker" and p.main_cpu is not None]
     if not threads:

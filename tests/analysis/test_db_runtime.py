@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import statistics
 from typing import Callable
 
 import pytest
@@ -104,6 +105,24 @@ def test_a_slow_statement_whose_cpu_is_the_loops_is_not_the_databases():
         for s in rec.samples))
     assert detectors._slow_statement(context(loop_only)) is None
     assert detectors._slow_statement(context(rec)) is not None
+
+
+@pytest.mark.parametrize("margin,fires", [(1.1, True), (0.9, False)])
+def test_a_database_that_burns_the_cpu_is_busy_though_its_connections_look_idle(margin, fires):
+    """PostgreSQL on this host: the scans took the cores, the loop picked results up late, and
+    pg_stat_activity's snapshots found most connections idle in transaction; its processes' CPU against
+    the workers' decides, scaled to ``margin`` × the workers'."""
+    rec = load("diagnose_db_slow_pg")
+    assert diagnose(rec).verdict.bottleneck == "db-slow-queries"
+    onset = detectors._slow_statement(context(rec)).onset
+    tl = context(rec).tl
+    ratio = (statistics.median(sum(v) for t, v in tl.worker_cpu_all.items() if t >= onset)
+             / statistics.median(v for t, v in tl.server_db_cpu.items() if t >= onset))
+    scaled = dataclasses.replace(rec, samples=tuple(dataclasses.replace(s, procs=tuple(
+        dataclasses.replace(p, cpu=p.cpu * ratio * margin) if p.role == "database" else p for p in s.procs))
+        for s in rec.samples))
+    busy, evidence = detectors._database_busy_past(context(scaled), onset)
+    assert busy is fires and "its processes used" in evidence
 
 
 @pytest.mark.parametrize("growth,fires", [(detectors.SLOW_GROWTH * 1.1, True), (detectors.SLOW_GROWTH * 0.9, False)])
