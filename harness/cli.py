@@ -95,6 +95,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     target.add_argument("--url", help="drive a server that is already running, e.g. http://127.0.0.1:8000")
     target.add_argument("--pid", type=int, help="with --url: sample this process and its children")
     target.add_argument("--allow-remote", action="store_true", help="allow --url to name a non-loopback host")
+    target.add_argument("--agent-sink", metavar="[HOST:]PORT",
+                        help="with --url: listen here for the agents of the app (started with `python -m "
+                             "fastapi_harness_agent --sink …`, printed at the start) to see inside it")
     _app_flags(target)
     target.add_argument(
         "--env", action="append", default=[], metavar="KEY=VALUE", help="environment for the server (repeatable)"
@@ -217,8 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace, raw: dict[str, Any]) -> dict[str, Any]:
     """The dotted-path overrides the flags give (config's rules)."""
-    return flag_overrides(raw, {flag: getattr(args, flag) for flag in FLAG_PATHS}, args.env, args.set,
-                          agent=not args.no_agent)
+    o = flag_overrides(raw, {flag: getattr(args, flag) for flag in FLAG_PATHS}, args.env, args.set,
+                       agent=not args.no_agent)
+    if getattr(args, "agent_sink", None):
+        o["agent.sink"] = args.agent_sink
+    return o
 
 
 def _inline_requests(args: argparse.Namespace) -> list[dict[str, Any]]:

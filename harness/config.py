@@ -106,6 +106,8 @@ class AgentConfig:
     profile_at_s: float = 0.0
     profile_for_s: float = 5.0
     tracemalloc: bool = False  # the profile window also diffs two tracemalloc snapshots (slows allocation meanwhile)
+    sink: str = ""  # with a target already running (url): "[HOST:]PORT" the harness listens on for its agents
+    sink_wait_s: float = 60.0  # how long the harness waits for the first agent to connect
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,8 @@ AGENT_FIELDS = {
     "profile_at": _Field("profile_at_s", _duration(False), 'profile_at = "5s"'),
     "profile_for": _Field("profile_for_s", _duration(True), 'profile_for = "5s"'),
     "tracemalloc": _Field("tracemalloc", _bool, "tracemalloc = true"),
+    "sink": _Field("sink", _str, 'sink = "127.0.0.1:9100"'),
+    "sink_wait": _Field("sink_wait_s", _duration(True), 'sink_wait = "60s"'),
 }
 DATABASE_FIELDS = {
     "url": _Field("url", _str, 'url = "postgresql://user@127.0.0.1:5432/app"'),
@@ -581,6 +585,12 @@ def build_scenario(
     redis = RedisConfig(**r.table(raw.get("redis"), "[redis]", REDIS_FIELDS))
     url = str(raw.get("url") or "")
     _check_topology(r, app, proxy, redis, url)
+    agent = AgentConfig(**r.table(raw.get("agent"), "[agent]", AGENT_FIELDS))
+    if agent.sink:
+        if not url:
+            raise r.fail("[agent].sink", "the sink is for the agents of an app the harness did not boot: it goes with "
+                                         "--url (an app the harness boots streams to the run directory)")
+        sink_address(agent.sink)  # the form, checked now
     return Scenario(
         name=str(raw.get("name") or "run"),
         app=app,
@@ -588,7 +598,7 @@ def build_scenario(
         requests=tuple(requests),
         slo=Slo(**r.table(raw.get("slo"), "[slo]", SLO_FIELDS)),
         sampling=SamplingConfig(**r.table(raw.get("sampling"), "[sampling]", SAMPLING_FIELDS)),
-        agent=AgentConfig(**r.table(raw.get("agent"), "[agent]", AGENT_FIELDS)),
+        agent=agent,
         database=DatabaseConfig(**r.table(raw.get("database"), "[database]", DATABASE_FIELDS)),
         proxy=proxy,
         redis=redis,
@@ -615,6 +625,15 @@ def _check_topology(r: _Reader, app: AppConfig, proxy: ProxyConfig, redis: Redis
         raise r.fail("[redis].url", f"expected redis://HOST:PORT/DB, got {redis.url!r}")
     if redis.enabled and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", redis.env):
         raise r.fail("[redis].env", f"expected an environment variable name, got {redis.env!r}")
+
+
+def sink_address(sink: str) -> tuple[str, int]:
+    """(host, port) of ``[agent] sink`` ("PORT" or "HOST:PORT"; port 0: any free one)."""
+    host, _, port = sink.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"--agent-sink {sink!r}: expected [HOST:]PORT, e.g. 9100 or 127.0.0.1:9100 "
+                          "(0: any free port)")
+    return host or "127.0.0.1", int(port)
 
 
 def _require(r: _Reader, kw: dict, where: str, fields: dict[str, _Field]) -> dict:

@@ -87,6 +87,8 @@ class ServerInfo:
     url: str = ""
     instances: tuple[Mapping[str, Any], ...] = ()  # behind a proxy: each instance's own entry
     proxy: Mapping[str, Any] | None = None
+    agent_sink: str = ""  # external, watched from inside: where its agents streamed to
+    agents: Mapping[str, str] = field(default_factory=dict)  # their pids → hosts
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ def target_for(scenario: Scenario, run_dir: Path, allow_remote: bool = False, re
     """The target a scenario names: a server already running (``url``), else its app booted here,
     as ``[app] instances`` behind ``[proxy]`` when it names one; the app gets Redis's URL."""
     if scenario.url:
-        return ExternalTarget(scenario.url, scenario.pid, allow_remote)
+        return ExternalTarget(scenario.url, scenario.pid, allow_remote, scenario.agent.sink, run_dir,
+                              scenario.agent.sink_wait_s)
     env = {scenario.redis.env: redis.url} if redis is not None else {}
     if scenario.proxy.kind == "nginx":
         return ProxiedServers(scenario.app, scenario.proxy, run_dir, scenario.agent, env)

@@ -114,7 +114,7 @@ class Session:
                                + [(pid, "cache") for pid in cache_pids()]
                                + [(pid, "profiler") for pid in (self.pyspy.pids if self.pyspy else ())]),
             t0=self.t0, interval_s=scenario.sampling.interval_s, on_sample=writer.append, on_event=writer.append,
-            db_port=port,
+            db_port=port, remote=self.target.remote_samples,
         )
         sampler.start()
         self.stack.callback(sampler.stop)

@@ -8,7 +8,10 @@ SQLAlchemy, pyinstrument, yappi) is feature-detected.
 It shares a stream format with the harness, not code (the harness reads it with
 ``harness.records.agent_record``; a test runs this writer against that reader). Each worker PID appends
 ``agent-<pid>.jsonl`` in the run directory, one JSON object per line, written by the
-agent's own thread at least 10 times a second:
+agent's own thread at least 10 times a second — or, for an app the harness did not boot
+(``python -m fastapi_harness_agent --sink tcp://…``, ``attach``), sends the same lines to the
+harness's sink, with a ``{"type": "proc", "t", "cpu_s", "main_cpu_s", "rss_mb", "fds", "fd_limit",
+"threads"}`` line once a second that the sink keeps for itself (``sink.py``):
 
 ``{"type": "hello", "pid", "t", "python", "versions": {...}, "loop": str, "hotspots": str, "watchdog": str,
   "cpu_timer": str, "options": {...}, "middleware": ["module.BaseHTTPMiddlewareSubclass", ...]}``
@@ -42,3 +45,10 @@ agent's own thread at least 10 times a second:
 Histograms (``hist``) use the harness's log-linear buckets over integer microseconds:
 ``{"b": [[bucket, count], ...], "max": us}``.
 """
+
+
+def attach(app, sink, **options):  # type: ignore[no-untyped-def]
+    """``app`` with the agent inside, streaming to a harness that did not start it (``boot.attach``)."""
+    from .boot import attach as attach_
+
+    return attach_(app, sink, **options)

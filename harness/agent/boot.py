@@ -2,7 +2,8 @@
 
 ``uvicorn --factory fastapi_harness_agent.boot:create_app`` (or gunicorn's
 ``fastapi_harness_agent.boot:create_app()``) with the options as JSON in the
-``FASTAPI_HARNESS_AGENT`` environment variable: target, factory, run_dir, stall_ms, hot_hz.
+``FASTAPI_HARNESS_AGENT`` environment variable: target, factory, run_dir (or sink), stall_ms, hot_hz.
+``attach`` is the same for an app that wraps itself.
 """
 
 from __future__ import annotations
@@ -40,8 +41,20 @@ def create_app() -> Any:
     options = json.loads(os.environ[ENV])
     # where streams go; overridable so a test can make writing fail on purpose
     options["stream_dir"] = os.environ.get("FASTAPI_HARNESS_AGENT_STREAM_DIR") or options.get("run_dir")
-    app = load_target(options["target"], bool(options.get("factory")))
+    return _wrap(load_target(options["target"], bool(options.get("factory"))), options)
+
+
+def attach(app: Any, sink: str, stall_ms: float = 25.0, hot_hz: float = 50.0, app_dir: str = "") -> Any:
+    """``app`` with the agent inside, streaming to the harness's sink (``tcp://HOST:PORT/TOKEN``, as
+    ``fastapi-harness run --url … --agent-sink PORT`` prints it): ``app = attach(app, sink=…)``.
+    ``app_dir``: the folder of the app's own code (default: the current one)."""
+    return _wrap(app, {"sink": sink, "stall_ms": stall_ms, "hot_hz": hot_hz,
+                       "app_dir": os.path.abspath(app_dir or os.getcwd())})
+
+
+def _wrap(app: Any, options: dict) -> Any:
     agent = Agent(options)
-    agent.profiler = ProfileControl(agent)
+    if not options.get("sink"):  # the harness asks for profiles through a file in the run directory
+        agent.profiler = ProfileControl(agent)
     atexit.register(agent.stop)
     return AgentMiddleware(app, agent)

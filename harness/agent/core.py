@@ -15,7 +15,6 @@ it, and weighs its sample by the loop thread's CPU time since the previous one.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from . import cputimer, probes, stacks, statements, waits
+from . import cputimer, probes, sink, stacks, statements, waits
 
 try:
     from _signal import getsignal as _getsignal  # signal.getsignal wraps this in enums, on every heartbeat
@@ -47,9 +46,10 @@ class Agent:
         hz = float(options.get("hot_hz", 50) or 0)
         self.hot_interval = 1.0 / hz if hz > 0 else 0.0
         stream_dir = options.get("stream_dir") or options.get("run_dir") or "."
-        self.stream_path = os.path.join(stream_dir, f"agent-{self.pid}.jsonl")
+        self.stream = sink.open_stream(options, self.pid, stream_dir)
         self.loop: Any = None
         self.loop_tid = 0
+        self.loop_native_tid = 0  # the loop thread's id in /proc
         self.expected = 0.0  # when the next heartbeat is due (perf_counter)
         self.last_cpu = 0.0  # the loop thread's CPU time at the last heartbeat
         self.lags: List[float] = []
@@ -58,7 +58,8 @@ class Agent:
         self.ended_stalls: "collections.deque[Tuple[float, float, float, list]]" = collections.deque()
         self.raw_hot: "collections.deque[Tuple[float, list, bool]]" = collections.deque(maxlen=5000)
         self.last_sig_cpu = 0.0
-        self.records: "collections.deque[Dict[str, Any]]" = collections.deque(maxlen=10_000)
+        self.records: "collections.deque[Dict[str, Any]]" = collections.deque()  # emitted, not yet encoded
+        self.pending: "collections.deque[str]" = collections.deque(maxlen=10_000)  # lines the stream has not taken
         self.routes: Any = None  # set by the middleware
         self.waits: Any = None  # waits.WaitProbe, set by the middleware
         self.threadpool = probes.ThreadpoolProbe()
@@ -86,6 +87,7 @@ class Agent:
         self.started = True
         self.loop = loop
         self.loop_tid = threading.get_ident()
+        self.loop_native_tid = sink.native_tid()
         self.pools.install()
         self.statements.install()
         self.gc.install()
@@ -111,7 +113,7 @@ class Agent:
             "hotspots": "sigprof" if signal_sampling else ("thread" if self.hot_interval else "off"),
             "watchdog": "sigalrm" if self.alarm else "thread", "cpu_timer": self.cpu_timer.kind,
             "middleware": self.middleware,
-            "options": {k: v for k, v in self.options.items() if k != "target"},
+            "options": {k: v for k, v in self.options.items() if k not in ("target", "sink")},
         })
         self.thread = threading.Thread(target=self._run, name="fastapi-harness-agent", daemon=True)
         self.thread.start()
@@ -286,6 +288,8 @@ class Agent:
             rec["redis_pools"] = redis_pools
         if self.seq % MEMORY_EVERY == 1:
             rec["memory"] = probes.memory()
+            if self.stream.remote:  # the harness may not see this process: its figures go along
+                self.emit(sink.proc_figures(self.pid, self.loop_native_tid))
         if self.routes is not None:
             rec.update(self.routes.drain(final))
         if self.waits is not None:
@@ -306,11 +310,10 @@ class Agent:
         """
         watch = self._watch()
         tick_due = watch_due = walk_due = time.perf_counter()
-        fd = None
         while True:
             now = time.perf_counter()
             if now >= tick_due:
-                fd = self._write(fd)
+                self._write()
                 tick_due = walk_due = now + TICK_S
             if now >= watch_due:
                 wait = next(watch)
@@ -322,39 +325,38 @@ class Agent:
                 walk_due = now + waits.WALK_S
             due = min(tick_due, watch_due, walk_due) if walking else min(tick_due, watch_due)
             if self.stopped.wait(max(due - time.perf_counter(), 0.0)):
-                self._write(fd, final=True)
+                self._write(final=True)
+                self.stream.close()
                 return
 
-    def _write(self, fd: Optional[int], final: bool = False) -> Optional[int]:
-        """Append this tick's record and everything emitted since to the stream, in one write
-        (each syscall that gives the GIL back costs getting it back); returns the descriptor."""
+    def _write(self, final: bool = False) -> None:
+        """Send this tick's record and everything emitted since to the stream, in one write (each
+        syscall that gives the GIL back costs getting it back). When the stream fails, the records
+        stay in the bounded buffer for the next tick; what falls out of it is counted and reported."""
         self.emit(self._tick(final))
         if self.profiler is not None:
             self.profiler.poll()
-        batch = len(self.records)
-        path = self.stream_path
+        pending = self.pending
+        while self.records:
+            try:
+                line = _dumps(self.records.popleft()) + "\n"
+            except (ValueError, TypeError):
+                self.lost += 1
+                continue
+            if len(pending) == pending.maxlen:
+                self.lost += 1  # the oldest falls out: the stream has been failing a while
+            pending.append(line)
         try:
-            lines = [_dumps({"type": "gap", "lost": self.lost, "error": self.last_error}) + "\n"] if self.lost else []
-            while self.records:
-                lines.append(_dumps(self.records.popleft()) + "\n")
-            if fd is None:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            data = "".join(lines).encode()
-            while data:
-                data = data[os.write(fd, data):]
+            gap = [_dumps({"type": "gap", "lost": self.lost, "error": self.last_error}) + "\n"] if self.lost else []
+            self.stream.write("".join(gap + list(pending)).encode())
+            pending.clear()
             self.lost = 0
         except (OSError, ValueError, TypeError) as e:
-            # the app keeps serving; what could not be written is counted and reported later
+            # the app keeps serving; what could not be sent waits, and what is lost is reported later
             if not self.last_error:
-                print(f"fastapi-harness agent: cannot write {path}: {e}; the app keeps serving", file=sys.stderr)
+                print(f"fastapi-harness agent: cannot write {getattr(self.stream, 'path', '') or 'to the harness'}: "
+                      f"{e}; the app keeps serving", file=sys.stderr)
             self.last_error = f"{type(e).__name__}: {e}"
-            self.lost += batch
-            self.records.clear()
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            fd = None
-        return fd
 
     def stop(self) -> None:
         if self.started:

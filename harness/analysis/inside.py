@@ -204,7 +204,9 @@ def coverage(rec: Recording) -> dict[str, Any]:
     workers = role_pids(rec, "worker")
     streams = sorted(pid for pid, rows in rec.agents.items() if any(isinstance(r, AgentTick) for r in rows))
     return {
-        "enabled": rec.scenario.app.agent and not rec.scenario.url,
+        # an app the harness boots carries the agent unless --no-agent; one already running (--url) only
+        # when it was started with the agent's sink (--agent-sink)
+        "enabled": bool(rec.scenario.agent.sink) if rec.scenario.url else rec.scenario.app.agent,
         "streams": streams,
         "missing": [pid for pid in workers if pid not in rec.agents],
         "gaps": [{"pid": pid, "lost": r.lost, "error": r.error} for pid, r in records(rec, AgentGap)],

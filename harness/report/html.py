@@ -47,6 +47,10 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 def inside_section(rec: Recording, summary: dict[str, Any]) -> str:
     """The agents' section: coverage, stall sites, hotspots, pools, threadpool, profiles, plots."""
     agent = summary.get("agent")
+    if not agent and rec.scenario.url:
+        return ("<h2>Inside the workers</h2><p class='muted'>Outside only: the server was already running and no "
+                "agent streamed from inside it. Start it with <code>python -m fastapi_harness_agent --sink …</code> "
+                "and give <code>--agent-sink PORT</code> to see stalls, pools and hotspots.</p>")
     if not agent:
         return "<h2>Inside the workers</h2><p class='muted'>The in-process agent was off for this run.</p>"
     parts = ["<h2>Inside the workers</h2>"]

@@ -94,6 +94,9 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int | None = No
         rows.append(("driver", f"late {load['late']:,}  dropped {load['dropped']:,}  aborted {load['aborted']:,}"))
     for why in dict.fromkeys(e for p in (summary.get("agent") or {}).get("profiles", ()) for e in p["errors"]):
         rows.append(("profiles", why))  # the same for every worker of one interpreter: said once
+    if summary["server"] == "external" and summary.get("agent") is None:
+        rows.append(("inside", "not seen: outside only. Start the app under `python -m fastapi_harness_agent --sink …` "
+                               "and pass --agent-sink PORT to see stalls, pools and hotspots"))
     for e in summary.get("events", []):
         rows.append(("event", f"t={e.get('t')} {e.get('kind')} {e.get('pid', '')}"))
     verdict = summary.get("verdict")

@@ -39,6 +39,7 @@ class Sampler(threading.Thread):
         on_sample: Callable[[Sample], None],
         on_event: Callable[[Event], None],
         db_port: int | None = None,
+        remote: Callable[[], list[ProcessSample]] = list,
     ):
         super().__init__(name="sampler", daemon=True)
         self.processes = processes
@@ -47,6 +48,7 @@ class Sampler(threading.Thread):
         self.on_sample = on_sample
         self.on_event = on_event
         self.db_port = db_port
+        self.remote = remote  # samples of processes on other machines, from their agents
         self._halt = threading.Event()
         self._procs: dict[int, psutil.Process] = {}
         self._workers_seen: set[int] = set()
@@ -95,6 +97,7 @@ class Sampler(threading.Thread):
                 self._procs.pop(pid, None)
             except psutil.AccessDenied:
                 self.errors["AccessDenied"] += 1
+        procs += self.remote()
         workers = {p.pid for p in procs if p.role == "worker"}
         t = round(now - self.t0, 3)
         for pid in sorted(workers - self._workers_seen):
