@@ -116,7 +116,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     over.add_argument("--duration", help='run: how long to drive load, e.g. "30s" (diagnose ignores it: its '
                                          'steps last --step, within --max-time)')
     over.add_argument("--slo-p99", metavar="DURATION", help='latency objective, e.g. "200ms"')
-    over.add_argument("--drivers", type=int, help="load-generator processes (default: a quarter of the CPUs)")
+    over.add_argument("--drivers", type=int, help="load-generator processes (default: a quarter of the CPUs; "
+                                                  "with --cluster, per node)")
+    over.add_argument("--cluster", metavar="ADDRESS", help="run the drivers on a Ray cluster's nodes ('auto', "
+                                                          "'ray://head:10001'; needs the [ray] extra)")
+    over.add_argument("--nodes", type=int, help="with --cluster: how many of its nodes send load (default: all)")
     over.add_argument(
         "--no-agent", action="store_true", help="run the app without the in-process agent (outside view only)"
     )

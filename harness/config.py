@@ -71,6 +71,8 @@ class LoadConfig:
     drivers: int = 0
     connections: int = 0
     timeout_s: float = 10.0
+    cluster: str = ""  # a Ray cluster's address ("auto", "ray://head:10001"): the drivers run on its nodes
+    nodes: int = 0  # with cluster: how many of its nodes send load (0: all); drivers is then per node
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,8 @@ LOAD_FIELDS = {
     "drivers": _Field("drivers", _int(1), "drivers = 2"),
     "connections": _Field("connections", _int(1), "connections = 500"),
     "timeout": _Field("timeout_s", _duration(True), 'timeout = "10s"'),
+    "cluster": _Field("cluster", _str, 'cluster = "auto"'),
+    "nodes": _Field("nodes", _int(1), "nodes = 2"),
 }
 STAGE_FIELDS = {
     "duration": _Field("duration_s", _duration(True), 'duration = "10s"'),
@@ -422,7 +426,7 @@ CLOSED_ONLY = ("users", "loops", "ramp_up", "think_time")  # [load] keys of one 
 OPEN_ONLY = ("rate", "ramp", "stages")
 FLAG_PATHS = {"workers": "app.workers", "server": "app.server", "python": "app.python", "users": "load.users",
               "loops": "load.loops", "rate": "load.rate", "duration": "load.duration", "drivers": "load.drivers",
-              "slo_p99": "slo.p99"}
+              "slo_p99": "slo.p99", "cluster": "load.cluster", "nodes": "load.nodes"}
 
 
 def flag_overrides(raw: dict[str, Any], flags: dict[str, Any], env: list[str] | tuple[str, ...] = (),

@@ -112,6 +112,7 @@ class RunInfo:
     driver_cmd: str = ""
     jtl: Mapping[str, Any] | None = None
     ingested: Mapping[str, Any] | None = None
+    cluster: Mapping[str, Any] | None = None  # --cluster: the address and each load node (clock offset, drivers, lost)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RunInfo:

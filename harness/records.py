@@ -300,7 +300,7 @@ class Sample:
 
 
 EVENT_KINDS = ("worker-started", "worker-exited", "target-died", "stopped", "profile-requested", "stage",
-               "search-ended", "capacity", "watcher-stopped")
+               "search-ended", "capacity", "watcher-stopped", "node-lost")
 
 
 @dataclass(frozen=True)
@@ -321,6 +321,8 @@ class Event:
     users: int | None = None  # stage, search-ended, capacity (the level held): closed model
     achieved_rps: float | None = None  # capacity: the most req/s answered ok at a level refining held
     broke_at: float | None = None  # capacity: the lowest level found past the knee (req/s or users)
+    node: int | None = None  # node-lost: the load node (run.json's cluster) that stopped answering
+    host: str | None = None  # node-lost
 
     def to_json(self) -> Json:
         return {k: v for k, v in vars(self).items() if v is not None or k == "t"}

@@ -22,6 +22,7 @@ from harness.cache import RedisServer
 from harness.config import Scenario
 from harness.errors import DriverError, TargetDiedError
 from harness.histogram import Histogram
+from harness.load.cluster import Node, RayCluster
 from harness.load.manager import DriverFleet, check_driver, shard_plans
 from harness.processes import spawn, stderr_tail, stop_group
 from harness.recording import AGENT_CONTROL, RunWriter
@@ -87,6 +88,7 @@ class Session:
         self.profile_seconds = 0.0
         self.pyspy: PySpyWindow | None = None
         self.budget_s: float | None = None  # a search's --max-time, for the progress line
+        self.cluster: RayCluster | None = None  # --cluster: the drivers run on its nodes
 
     @property
     def agent_on(self) -> bool:
@@ -101,6 +103,9 @@ class Session:
         if self.redis is not None:
             self.stack.enter_context(self.redis)
             writer.write_run(redis=self.redis.describe())
+        if scenario.load.cluster:
+            self.cluster = self.stack.enter_context(RayCluster(scenario.load.cluster, scenario.load.nodes))
+            self.drivers = (scenario.load.drivers or 1) * len(self.cluster.nodes)
         self.stack.enter_context(self.target)
         writer.write_run(server=self.target.describe())
         self.t0 = time.time() + START_DELAY_S
@@ -126,6 +131,13 @@ class Session:
         for watcher in watchers:
             watcher.start()
             self.stack.callback(self._stop_watcher, watcher)
+
+    def _node_lost(self, node: Node, why: str) -> None:
+        """A load node stopped answering: the run is degraded from now (its share is not sent elsewhere)."""
+        node.lost_at = round(self.now(), 3)
+        self.event("node-lost", node=node.index, host=node.host, why=why)
+        assert self.cluster is not None
+        self.writer.write_run(cluster=self.cluster.describe())
 
     def _stop_watcher(self, watcher: Watcher) -> None:
         watcher.stop()
@@ -169,9 +181,12 @@ class Session:
         host, port = self.target.address
         plans = shard_plans(scenario, host, port, self.t0, self.drivers, start_s,
                             jtl_dir=self.writer.path if self.jtl else None)
-        self.fleet = DriverFleet(plans, on_record, self.writer.path)
+        self.fleet = (self.cluster.fleet(plans, on_record, self._node_lost) if self.cluster is not None
+                      else DriverFleet(plans, on_record, self.writer.path))
         planned = scenario.planned_duration_s
         with self.fleet as fleet:
+            if self.cluster is not None:  # which node runs which drivers, now that they do
+                self.writer.write_run(cluster=self.cluster.describe())
             while not fleet.finished():
                 if profile_at and self.agent_on and self.now() >= profile_at:
                     self.request_profile(self.scenario.agent.profile_for_s)

@@ -48,9 +48,11 @@ SESSION_MARK = f"fastapi-harness-tests-{os.getpid()}"  # in the environment of e
 
 
 def _suspects() -> dict[int, psutil.Process]:
-    """Our descendants, plus orphans that carry this session's mark (they escaped the tree)."""
+    """Our descendants, plus orphans that carry this session's mark (they escaped the tree); not the
+    processes of the session's Ray cluster (its GCS, raylets and their pooled workers), which the
+    ``ray_cluster`` fixture ends at the session's end."""
     me = psutil.Process()
-    found = {p.pid: p for p in me.children(recursive=True)}
+    found = {p.pid: p for p in me.children(recursive=True) if not _of_ray(p)}
     for p in psutil.process_iter():
         if p.pid == me.pid or p.pid in found:
             continue
@@ -76,6 +78,11 @@ def no_leftover_processes():
     for p in left:
         p.kill()
     assert not left, f"processes left behind: {[(p.pid, _cmd(p)) for p in left]}"
+
+
+def _of_ray(p: psutil.Process) -> bool:
+    cmd = _cmd(p)
+    return cmd.startswith("ray::") or f"{os.sep}ray{os.sep}" in cmd
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -108,6 +115,21 @@ def data_copy(tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of two nodes (a head and one more, a CPU each), as ray.cluster_utils makes it
+    for tests; (the cluster, its second node)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        node = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster, node
+    finally:
+        cluster.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from harness.analysis.stages import Stage, Timeline, stage_at, sustained_onset
 from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
+from harness.records import DriverSecond
 
 CAUSAL_ORDER = ("client-errors", "load-generator-saturated", "host-contended", "gc-pauses", "event-loop-blocked",
                 "cpu-saturated", "threadpool-exhausted", "db-slow-queries", "db-pool-exhausted",
@@ -106,8 +107,40 @@ def _mean_over(series: dict[int, float], start: float | None) -> float:
 # ---------------------------------------------------------------------------- validity
 
 
+def _load_node(ctx: Context, driver: int) -> str:
+    """" on load node N (host)" for a driver of a --cluster run, else ""."""
+    cluster = ctx.rec.run.cluster or {}
+    node = next((n for n in cluster.get("nodes", ()) if driver in n["drivers"]), None)
+    return f" on load node {node['node']} ({node['host']})" if node else ""
+
+
+def _cluster_driver_busy(ctx: Context) -> Finding | None:
+    """A --cluster run: each driver's CPU as it reported it (the harness cannot sample another node's
+    processes), per driver, naming the load node of the first to stay at its core."""
+    series: dict[int, dict[int, float]] = {}
+    for r in ctx.rec.driver_records:
+        if isinstance(r, DriverSecond):
+            series.setdefault(r.driver, {})[r.t] = r.cpu
+    onsets = [(onset, k) for k, cpu in series.items()
+              if (onset := sustained_onset(cpu, lambda v: v >= DRIVER_BUSY)) is not None]
+    if not onsets:
+        return None
+    onset, k = min(onsets)
+    return _finding(ctx, "load-generator-saturated", onset,
+                    rule=f"driver {k}{_load_node(ctx, k)} used ≥ {DRIVER_BUSY:.0%} of its core from t={onset}s "
+                         f"(peak {max(series[k].values()):.2f})",
+                    summary=f"the load generator{_load_node(ctx, k)} could not keep up",
+                    recommendation="give that node's drivers more cores (--drivers per node), or more nodes "
+                                   "(--nodes); this run says nothing about the app",
+                    confidence=0.9)
+
+
 def detect_load_generator(ctx: Context) -> list[Finding]:
     tl = ctx.tl
+    if ctx.rec.run.cluster:
+        found = _cluster_driver_busy(ctx)
+        if found is not None:
+            return [found]
     onset = sustained_onset(tl.driver_cpu, lambda v: v >= DRIVER_BUSY)
     if onset is not None:
         return [

@@ -139,6 +139,10 @@ def servers_lost(rec: Recording) -> str:
         sentences.append(f"Mid-run, a server process exited: {which}{seen}; the figures after it are of what was "
                          "left.")
     for e in during:
+        if e.kind == "node-lost":
+            sentences.append(f"Mid-run, load node {e.node} ({e.host}) stopped answering at t={e.t:.0f}s: the run is "
+                             "degraded from then on — its share of the load was not sent elsewhere, so the offered "
+                             "load after it is what the other nodes sent.")
         if e.kind == "watcher-stopped":
             service, _, why = (e.why or "").partition(": ")  # the session writes "Service: error"
             sentences.append(f"Mid-run, {service} stopped answering at t={e.t:.0f}s ({why}); what the app did after "

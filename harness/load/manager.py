@@ -160,9 +160,9 @@ class DriverFleet:
 
     def failed(self) -> str | None:
         """Why a driver failed, with its stderr tail; None while all are healthy."""
-        for k, p in enumerate(self.procs):
-            rc = p.poll()
-            if rc is None or (rc == 0 and (k in self.done or self.threads[k].is_alive())):
+        for plan, p, reader in zip(self.plans, self.procs, self.threads):
+            k, rc = plan.driver, p.poll()  # a fleet on a load node runs drivers 3 and 7, say
+            if rc is None or (rc == 0 and (k in self.done or reader.is_alive())):
                 continue
             tail = (self.log_dir / f"driver-{k}.stderr.log").read_text(errors="replace").strip().splitlines()[-5:]
             return f"driver {k} exited with code {rc} before finishing: " + " | ".join(tail or self.errors)

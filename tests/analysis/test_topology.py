@@ -164,3 +164,4 @@ def test_compare_says_what_the_second_instance_cost_and_gave():
     assert topology_note([one, two]) == (
         "2 instances made no clear difference on this host: instances=2 1,560 req/s against instances=1 1,500 (+4%); "
         "nginx used 0.35 cores; the server processes peaked at 180 MB against 90 MB.")
+
