@@ -163,10 +163,16 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
         server_idle = _server_idle(ctx)
         if server_idle:
             first = next((s.t for s in secs if s.late or s.dropped), None)
+            behind: dict[str, int] = {}  # a --cluster run: which load nodes fell behind
+            for r in ctx.rec.driver_records:
+                if isinstance(r, DriverSecond) and (r.late or r.dropped) and _load_node(ctx, r.driver):
+                    where = _load_node(ctx, r.driver).removeprefix(" on ")
+                    behind[where] = behind.get(where, 0) + r.late + r.dropped
             return [_finding(ctx, "load-generator-saturated", first,
                              rule=f"{late:,} of {sent:,} sends left > 10 ms late and {dropped:,} were dropped "
                                   f"while the server was idle ({server_idle})",
-                             evidence=(f"up to {queued} requests in flight", ),
+                             evidence=(f"up to {queued} requests in flight",
+                                       *(f"{where}: {n:,} late or dropped" for where, n in behind.items())),
                              recommendation="the driver could not send on schedule: raise [load] connections "
                                             "(the cap on open connections) or --drivers; the app was not the limit",
                              confidence=0.8)]

@@ -61,7 +61,9 @@ def summarize(rec: Recording, verdict: Verdict | None = None) -> dict[str, Any]:
             "db_conns_max": int(max_of({**proc_series(rec, "worker", "db_conns", window),
                                         **proc_series(rec, "master", "db_conns", window)})),
         },
-        "events": [e.to_json() for e in rec.events if e.kind in ("worker-started", "worker-exited", "target-died")],
+        "events": [e.to_json() for e in rec.events
+                   if e.kind in ("worker-started", "worker-exited", "target-died", "node-lost")],
+        "cluster": rec.run.cluster,
         "instances": summarize_instances(rec, window),
         "proxy": summarize_proxy(rec, window),
         "cache": summarize_cache(rec, window),

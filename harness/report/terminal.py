@@ -44,7 +44,8 @@ def by_kind(err: dict[str, Any]) -> str:
 
 
 def topology_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """What ran beside the app: each instance's share of the requests, the proxy, the cache."""
+    """What ran beside the app: each instance's share of the requests, the proxy, the load nodes of a
+    --cluster run (each one's clock offset to the harness's and its uncertainty), the cache."""
     rows = []
     if summary.get("instances"):
         rows.append(("instances", "  ".join(f"#{i['instance']} {i['requests']:,} ({i['share']:.0%})"
@@ -56,6 +57,13 @@ def topology_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                               f"most, CPU p90 {proxy['cpu_p90']:.2f} cores" + (f", dropped {proxy['dropped']:,}"
                                                                                if proxy["dropped"] else "")
                      + (f"; errors: {errors}" if errors else "")))
+    cluster = summary.get("cluster")
+    if cluster:
+        rows.append(("load nodes", "  ".join(
+            f"#{n['node']} {n['host']} drivers {','.join(map(str, n['drivers'])) or '-'} clock "
+            f"{n['offset_ms']:+.2f} ± {n['uncertainty_ms']:.2f} ms" + (f" LOST at t={n['lost_at']:.0f}s"
+                                                                    if n["lost_at"] is not None else "")
+            for n in cluster["nodes"])))
     cache = summary.get("cache")
     if cache:
         rate = f"{cache['hit_rate']:.0%}" if cache["hit_rate"] is not None else "no reads"
@@ -98,7 +106,7 @@ def format_summary(summary: dict[str, Any], run_dir: str, width: int | None = No
         rows.append(("inside", "not seen: outside only. Start the app under `python -m fastapi_harness_agent --sink …` "
                                "and pass --agent-sink PORT to see stalls, pools and hotspots"))
     for e in summary.get("events", []):
-        rows.append(("event", f"t={e.get('t')} {e.get('kind')} {e.get('pid', '')}"))
+        rows.append(("event", f"t={e.get('t')} {e.get('kind')} {e.get('pid', e.get('node', ''))}"))
     verdict = summary.get("verdict")
     if verdict:
         rows.insert(0, ("verdict", f"{verdict['bottleneck']}: {verdict['summary']}"))

@@ -29,3 +29,14 @@ def test_a_load_node_whose_driver_is_at_its_core_is_named(cpu, fires):
     if fires:
         assert f"driver 1 on load node {node['node']} ({node['host']})" in found[0].rule
         assert diagnose(busy).verdict.bottleneck == "load-generator-saturated"
+
+
+def test_the_summary_lists_the_load_nodes_with_their_clocks():
+    from harness.analysis.summary import summarize
+    from harness.report.terminal import format_summary
+
+    rec = Recording.load(DATA / "run_cluster")
+    summary = summarize(rec)
+    assert [n["drivers"] for n in summary["cluster"]["nodes"]] == [[0], [1]]
+    text = " ".join(format_summary(summary, str(rec.path)).replace("│", " ").split())
+    assert "load nodes #0 vm drivers 0 clock +0.09 ± 0.54 ms" in text
