@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
@@ -33,6 +35,19 @@ def _drivers() -> list[int]:
             if "harness.load.driver" in " ".join(p.info["cmdline"] or ())]
 
 
+@contextlib.contextmanager
+def _flowing(env, out: Path, address: str, duration: str) -> Iterator[subprocess.Popen]:
+    """A cluster run in the background, once both load nodes' first seconds are recorded."""
+    with cli_in_background(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/health",
+                           "--cluster", address, "--drivers", "1", "--users", "4", "--duration", duration,
+                           "--out", str(out), "--quiet") as harness:
+        deadline = time.monotonic() + 60
+        while not ((out / "driver.jsonl").exists() and (out / "driver.jsonl").read_text().count("\n") >= 2):
+            assert harness.poll() is None and time.monotonic() < deadline, harness.communicate()
+            time.sleep(0.2)
+        yield harness
+
+
 def test_shards_on_two_nodes_add_up_exactly(tmp_path, env, ray_cluster):
     cluster, _ = ray_cluster
     out = tmp_path / "run"
@@ -54,13 +69,7 @@ def test_shards_on_two_nodes_add_up_exactly(tmp_path, env, ray_cluster):
 def test_a_lost_node_marks_the_run_degraded_and_nothing_is_left(tmp_path, env, ray_cluster):
     cluster, node = ray_cluster
     out = tmp_path / "run"
-    with cli_in_background(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/health",
-                           "--cluster", cluster.address, "--drivers", "1", "--users", "4", "--duration", "10s",
-                           "--out", str(out), "--quiet") as harness:
-        deadline = time.monotonic() + 60
-        while not ((out / "driver.jsonl").exists() and (out / "driver.jsonl").read_text().count("\n") >= 4):
-            assert harness.poll() is None and time.monotonic() < deadline, harness.communicate()
-            time.sleep(0.2)
+    with _flowing(env, out, cluster.address, "10s") as harness:
         cluster.remove_node(node, allow_graceful=False)
         try:
             assert harness.wait(timeout=120) == 0, harness.stderr.read()
@@ -79,13 +88,7 @@ def test_a_lost_node_marks_the_run_degraded_and_nothing_is_left(tmp_path, env, r
 def test_ctrl_c_stops_every_shard_on_every_node(tmp_path, env, ray_cluster):
     cluster, _ = ray_cluster
     out = tmp_path / "run"
-    with cli_in_background(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/health",
-                           "--cluster", cluster.address, "--drivers", "1", "--users", "4", "--duration", "60s",
-                           "--out", str(out), "--quiet") as harness:
-        deadline = time.monotonic() + 60
-        while not ((out / "driver.jsonl").exists() and (out / "driver.jsonl").read_text().count("\n") >= 2):
-            assert harness.poll() is None and time.monotonic() < deadline, harness.communicate()
-            time.sleep(0.2)
+    with _flowing(env, out, cluster.address, "60s") as harness:
         assert len(_drivers()) == 2
         harness.send_signal(signal.SIGINT)
         assert harness.wait(timeout=60) == 130, harness.stderr.read()
