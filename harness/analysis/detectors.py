@@ -55,6 +55,7 @@ HELD_RATIO = 3.0  # ... and this many times longer than its statements ran is he
 SLOW_SHARE = 1 / HELD_RATIO  # ... else its connections are busy running statements (the rest is the driver's
 # hand-offs and the reset on return); of server-side time when no pool is seen
 GC_SHARE = 0.5  # of the stalled time that full collections overlap
+GC_BEFORE = 0.25  # full collections' ms per request below the onset, against past it: less is the backlog's
 BASE_HTTP_SHARE = 0.2  # of the busy CPU under BaseHTTPMiddleware for the framework's cost to be named as it
 
 
@@ -265,6 +266,21 @@ def _server_idle(ctx: Context) -> str:
 # ---------------------------------------------------------------------------- the app
 
 
+def _gc_grew_with_backlog(ctx: Context, collections: list[Any], onset: float) -> bool:
+    """Full collections cost the loop less than GC_BEFORE of their time per request, past the onset,
+    while the load was below it: they grew long only once requests queued (a full collection walks
+    every live object, and a backlog is live objects). An app whose own heap makes them long pays
+    about as much per request at every load."""
+    served = {s.t: sum(s.outcomes.values()) for s in ctx.rec.seconds}
+    before = sum(n for t, n in served.items() if 0 <= t < onset - 1)
+    after = sum(n for t, n in served.items() if t >= onset - 1)
+    if not before or not after:
+        return False  # saturated from the start: nothing to compare with
+    per_before = sum(c.ms for c in collections if 0 <= c.t < onset - 1) / before
+    per_after = sum(c.ms for c in collections if c.t >= onset - 1) / after
+    return per_before < GC_BEFORE * per_after
+
+
 def detect_gc_pauses(ctx: Context) -> list[Finding]:
     """The loop is late, and full (generation-2) garbage collections cover most of its stalled time."""
     collections = inside.full_collections(ctx.rec)
@@ -283,6 +299,8 @@ def detect_gc_pauses(ctx: Context) -> list[Finding]:
     if not stalled or covered < GC_SHARE * stalled:
         return []
     past = [c for c in collections if c.t >= onset - 1]
+    if _gc_grew_with_backlog(ctx, collections, onset):
+        return []  # the queue's objects made the collections long: the overload's symptom, not its cause
     longest = max(c.ms for c in past) if past else 0.0
     per_s = len(past) / max(1.0, max(ctx.tl.lag_p99_ms) - onset + 1)
     return [_finding(

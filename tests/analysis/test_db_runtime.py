@@ -214,3 +214,33 @@ def test_memory_growth_names_the_types_that_grew_in_the_profile_window():
         in found.evidence
     (plain,) = detectors.detect_memory_growth(context(rec))  # recorded without the types: nothing claimed
     assert not any("live objects" in e for e in plain.evidence)
+
+
+def test_full_collections_that_grew_with_the_backlog_are_the_overloads_symptom():
+    """A do-nothing endpoint driven past its worker's core: full collections, rare and ~50 ms below the knee,
+    came every second and grew to 182 ms once requests queued; the CPU is the first bottleneck."""
+    v = diagnose(load("diagnose_overload_gc")).verdict
+    assert v.bottleneck == "cpu-saturated" and not any(f.bottleneck == "gc-pauses" for f in v.secondary)
+
+
+@pytest.mark.parametrize("margin,fires", [(1.1, True), (0.9, False)])
+def test_gc_pauses_near_their_cost_per_request_below_the_onset(margin, fires):
+    """/gc's collections are long at every load; scaled below the onset to ``margin`` × GC_BEFORE of their
+    cost per request past it, the rule holds or calls them the backlog's."""
+    rec = load("diagnose_gc")
+    ctx = context(rec)
+    (found,) = detectors.detect_gc_pauses(ctx)
+    cut = rec.t0 + found.onset_t - 1
+    served = {s.t: sum(s.outcomes.values()) for s in rec.seconds}
+    before = sum(n for t, n in served.items() if 0 <= t < found.onset_t - 1)
+    after = sum(n for t, n in served.items() if t >= found.onset_t - 1)
+    full = inside.full_collections(rec)
+    per_before = sum(c.ms for c in full if 0 <= c.t < found.onset_t - 1) / before
+    per_after = sum(c.ms for c in full if c.t >= found.onset_t - 1) / after
+    scale = margin * detectors.GC_BEFORE * per_after / per_before
+
+    def cheaper(t: AgentTick) -> AgentTick:
+        return dataclasses.replace(t, gc_full=tuple(dataclasses.replace(c, ms=c.ms * scale) if rec.t0 <= c.t < cut
+                                                    else c for c in t.gc_full))
+
+    assert bool(detectors.detect_gc_pauses(context(with_ticks(rec, cheaper)))) is fires
