@@ -166,8 +166,9 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
             first = next((s.t for s in secs if s.late or s.dropped), None)
             behind: dict[str, int] = {}  # a --cluster run: which load nodes fell behind
             for r in ctx.rec.driver_records:
-                if isinstance(r, DriverSecond) and (r.late or r.dropped) and _load_node(ctx, r.driver):
-                    where = _load_node(ctx, r.driver).removeprefix(" on ")
+                where = _load_node(ctx, r.driver) if isinstance(r, DriverSecond) and (r.late or r.dropped) else ""
+                if where:
+                    where = where.removeprefix(" on ")
                     behind[where] = behind.get(where, 0) + r.late + r.dropped
             return [_finding(ctx, "load-generator-saturated", first,
                              rule=f"{late:,} of {sent:,} sends left > 10 ms late and {dropped:,} were dropped "

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.agent.sink import boot_id
 from harness.errors import ConfigError, DriverError
 from harness.processes import Managed
 from harness.records import DriverRecord, ShardPlan, driver_record
-from harness.sampling.sink import boot_id
 
 RAY_HINT = "--cluster needs Ray, an optional extra: pip install 'fastapi-harness[ray]'"
 CLOCK_PROBES = 7

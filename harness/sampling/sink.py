@@ -20,17 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.agent.sink import boot_id
 from harness.records import ProcessSample
 
 ACCEPT_POLL_S = 0.2
 HELLO_TIMEOUT_S = 5.0
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 class _Agent:
