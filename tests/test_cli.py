@@ -14,15 +14,12 @@ import pytest
 
 from harness.analysis import inside
 from harness.recording import Recording
-from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
+from tests.conftest import APPS, ROOT, cli, cli_in_background, wait_until
 
 pytestmark = pytest.mark.e2e  # boots servers or runs the CLI as a user does
 
 SMOKE = str(ROOT / "scenarios" / "smoke.toml")
 
-
-def run_cli(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(harness_cmd(*args), env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def write_scenario(path: Path, target: str, app_dir: Path, load: str, request: str = "/", extra: str = "") -> Path:
@@ -35,7 +32,7 @@ def write_scenario(path: Path, target: str, app_dir: Path, load: str, request: s
 
 def test_smoke_run_two_workers(tmp_path, env):
     out = tmp_path / "run"
-    p = run_cli(env, "run", SMOKE, "--duration", "3s", "--out", str(out), "--quiet")
+    p = cli(env, "run", SMOKE, "--duration", "3s", "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     for key in ("scenario", "started_at", "duration_s", "requests", "throughput_rps", "latency_ms", "errors",
@@ -64,7 +61,7 @@ def test_closed_model_sends_users_times_loops_exactly(tmp_path, env):
     scenario = write_scenario(tmp_path / "loops.toml", "sample_app.main:app", ROOT,
                               'users = 7\nloops = 13\nramp_up = "500ms"\ndrivers = 2', "/fast")
     out = tmp_path / "run"
-    p = run_cli(env, "run", str(scenario), "--out", str(out), "--quiet")
+    p = cli(env, "run", str(scenario), "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     rec = Recording.load(out)
     assert rec.totals.drivers_done == 2
@@ -77,7 +74,7 @@ def test_open_model_offers_the_planned_arrivals(tmp_path, env):
     scenario = write_scenario(tmp_path / "open.toml", "sample_app.main:app", ROOT,
                               'model = "open"\nrate = 150\nduration = "2s"', "/fast")
     out = tmp_path / "run"
-    p = run_cli(env, "run", str(scenario), "--out", str(out), "--quiet")
+    p = cli(env, "run", str(scenario), "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert 298 <= summary["load"]["sent"] <= 300 and summary["load"]["dropped"] == 0
@@ -89,7 +86,7 @@ def test_factory_app_under_each_server(tmp_path, env, server):
     scenario = write_scenario(tmp_path / "factory.toml", "factory_app:create_app", APPS, 'users = 4\nduration = "2s"',
                               "/pid", extra=f'factory = true\nserver = "{server}"\nworkers = 2')
     out = tmp_path / "run"
-    p = run_cli(env, "run", str(scenario), "--out", str(out), "--quiet")
+    p = cli(env, "run", str(scenario), "--out", str(out), "--quiet")
     assert p.returncode == 0, p.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["server"] == server and summary["workers"] == 2 and summary["errors"]["total"] == 0
@@ -114,7 +111,7 @@ def test_signal_mid_run_keeps_a_partial_report(tmp_path, env, sig):
 
 def test_app_that_fails_to_import(tmp_path, env):
     scenario = write_scenario(tmp_path / "broken.toml", "broken_app:app", APPS, "users = 1\nloops = 1")
-    p = run_cli(env, "run", str(scenario), "--out", str(tmp_path / "run"))
+    p = cli(env, "run", str(scenario), "--out", str(tmp_path / "run"))
     assert p.returncode == 2
     first = p.stderr.strip().splitlines()[0]
     assert first.startswith("fastapi-harness: the app exited during start-up"), p.stderr
@@ -128,7 +125,7 @@ def test_app_that_fails_to_import(tmp_path, env):
 ])
 def test_a_mistyped_app_is_one_line_naming_the_fix(tmp_path, env, target, words):
     out = tmp_path / "run"
-    p = run_cli(env, "run", "--app", target, "--app-dir", str(APPS), "--get", "/", "--out", str(out))
+    p = cli(env, "run", "--app", target, "--app-dir", str(APPS), "--get", "/", "--out", str(out))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert all(w in p.stderr for w in words) and "Traceback" not in p.stderr, p.stderr
     assert str(out / "server.stderr.log") in p.stderr  # the whole output stays, and is pointed at
@@ -136,14 +133,14 @@ def test_a_mistyped_app_is_one_line_naming_the_fix(tmp_path, env, target, words)
 
 
 def test_an_inline_app_without_a_request_is_refused(tmp_path, env):
-    p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--out", str(tmp_path / "run"))
+    p = cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and "no request to send: add --get PATH" in p.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_a_run_answered_with_404s_is_invalid_naming_the_status_and_path(tmp_path, env):
     out = tmp_path / "run"
-    p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--get", "/nope", "--users", "2",
+    p = cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--get", "/nope", "--users", "2",
                 "--duration", "2s", "--out", str(out), "--quiet")
     assert p.returncode == 3 and "the run is invalid: most requests were answered 4xx" in p.stderr, p.stderr
     v = json.loads((out / "summary.json").read_text())["verdict"]
@@ -155,14 +152,14 @@ def test_post_sends_its_body_inline_or_from_a_file(tmp_path, env):
     order.write_text('{"items": [1, 2]}')
     for body in ('{"items": []}', f"@{order}"):
         out = tmp_path / f"run{len(body)}"
-        p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--post", "/orders", "--body", body,
+        p = cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--post", "/orders", "--body", body,
                     "--users", "2", "--duration", "1s", "--out", str(out), "--quiet")
         summary = json.loads((out / "summary.json").read_text())
         assert p.returncode == 0 and summary["requests"] > 10 and summary["errors"]["total"] == 0, p.stderr
-    p = run_cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--post", "/orders", "--body", "x=1",
+    p = cli(env, "run", "--app", "custom_app:app", "--app-dir", str(APPS), "--post", "/orders", "--body", "x=1",
                 "--users", "2", "--duration", "1s", "--out", str(tmp_path / "plain"), "--quiet")
     assert p.returncode == 3 and "422 for POST /orders" in (tmp_path / "plain" / "summary.json").read_text()
-    p = run_cli(env, "run", "--app", "custom_app:app", "--post", "/orders", "--body", "@missing.json")
+    p = cli(env, "run", "--app", "custom_app:app", "--post", "/orders", "--body", "@missing.json")
     assert p.returncode == 2 and "--body @missing.json: cannot read it" in p.stderr
 
 
@@ -173,7 +170,7 @@ def test_port_in_use(tmp_path, env):
         port = s.getsockname()[1]
         scenario = write_scenario(tmp_path / "port.toml", "sample_app.main:app", ROOT, "users = 1\nloops = 1",
                                   extra=f"port = {port}")
-        p = run_cli(env, "run", str(scenario), "--out", str(tmp_path / "run"))
+        p = cli(env, "run", str(scenario), "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in p.stderr
 
 
@@ -181,19 +178,19 @@ def test_unreachable_url(tmp_path, env):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = run_cli(env, "run", "--url", f"http://127.0.0.1:{port}", "--get", "/", "--out", str(tmp_path / "run"))
+    p = cli(env, "run", "--url", f"http://127.0.0.1:{port}", "--get", "/", "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and "nothing answers at" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_remote_url_needs_explicit_opt_in(tmp_path, env):
-    p = run_cli(env, "run", "--url", "http://192.0.2.1:80", "--get", "/", "--out", str(tmp_path / "run"))
+    p = cli(env, "run", "--url", "http://192.0.2.1:80", "--get", "/", "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and "--allow-remote" in p.stderr
 
 
 def test_target_that_dies_mid_run(tmp_path, env):
     scenario = write_scenario(tmp_path / "dying.toml", "dying_app:app", APPS, 'users = 4\nduration = "20s"', "/work")
     out = tmp_path / "run"
-    p = run_cli(env, "run", str(scenario), "--out", str(out))
+    p = cli(env, "run", str(scenario), "--out", str(out))
     assert p.returncode == 1, p.stderr
     assert "the target exited mid-run (code 3)" in p.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -211,7 +208,7 @@ def test_url_mode_samples_the_given_pid(tmp_path, env):
     try:
         _wait_port(port)
         out = tmp_path / "run"
-        p = run_cli(env, "run", "--url", f"http://127.0.0.1:{port}", "--get", "/fast", "--pid", str(server.pid),
+        p = cli(env, "run", "--url", f"http://127.0.0.1:{port}", "--get", "/fast", "--pid", str(server.pid),
                     "--users", "5", "--duration", "2s", "--out", str(out), "--quiet")
         assert p.returncode == 0, p.stderr
         summary = json.loads((out / "summary.json").read_text())
@@ -223,11 +220,11 @@ def test_url_mode_samples_the_given_pid(tmp_path, env):
 
 
 def test_bad_flags_exit_2_without_traceback(tmp_path, env):
-    p = run_cli(env, "run", SMOKE, "--workers", "0", "--out", str(tmp_path / "run"))
+    p = cli(env, "run", SMOKE, "--workers", "0", "--out", str(tmp_path / "run"))
     assert p.returncode == 2 and "[app].workers: must be ≥ 1" in p.stderr and "Traceback" not in p.stderr
-    p = run_cli(env, "run", str(tmp_path / "nope.toml"))
+    p = cli(env, "run", str(tmp_path / "nope.toml"))
     assert p.returncode == 2 and "no such scenario file" in p.stderr
-    p = run_cli(env, "run", SMOKE, "--duration", "0s")
+    p = cli(env, "run", SMOKE, "--duration", "0s")
     assert p.returncode == 2 and "[load].duration: must be > 0" in p.stderr
 
 
@@ -249,7 +246,7 @@ def _wait_port(port: int) -> None:
 
 
 def test_a_bug_in_analysis_is_a_crash_with_a_traceback(tmp_path, env):
-    p = run_cli(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/fast", "--users", "2",
+    p = cli(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/fast", "--users", "2",
                 "--duration", "1s", "--detector", "tests.apps.detectors:buggy", "--out", str(tmp_path / "run"))
     assert p.returncode == 1 and "Traceback" in p.stderr and "a_module_that_is_not_installed" in p.stderr
     assert "--detector" not in p.stderr.splitlines()[-1]  # not dressed up as the user's mistake

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 
 import pytest
 
@@ -13,11 +12,7 @@ from harness.errors import ConfigError
 from harness.histogram import Histogram
 from harness.recording import Recording
 from harness.records import DriverSecond
-from tests.conftest import DATA, ROOT, harness_cmd
-
-
-def cli(env, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(harness_cmd(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+from tests.conftest import DATA, ROOT, cli
 
 
 def slowed(rec: Recording, factor: float) -> Recording:

@@ -16,14 +16,11 @@ from harness.errors import ConfigError
 from harness.load.driver import _template
 from harness.proxy import nginx_conf
 from harness.recording import Recording
-from tests.conftest import ROOT, cli_in_background, harness_cmd, wait_until
+from tests.conftest import ROOT, cli, cli_in_background, wait_until
 
 SCENARIOS = ROOT / "scenarios"
 BASE = {"load": {"users": 2, "duration": "2s"}, "requests": [{"path": "/"}]}
 
-
-def cli(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(harness_cmd(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def gone(pid: int | None) -> bool:

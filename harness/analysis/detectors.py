@@ -441,7 +441,7 @@ def detect_cpu_saturated(ctx: Context) -> list[Finding]:
                  "more workers cannot help here")
     advice = HOTSPOT_ADVICE.get(hotspot or "", "")
     source = (f"CPU samples from py-spy, outside the workers ({hot.samples} samples)" if hot.source == "py-spy"
-              else "CPU samples from the agent's sampler on the loop thread (py-spy did not run)")
+              else f"CPU samples from the agent's sampler on the loop thread (py-spy did not run: {hot.why_not})")
     return [
         _finding(
             ctx,

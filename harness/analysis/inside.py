@@ -342,6 +342,7 @@ class CpuHotspots:
     source: str  # "py-spy" (sampled from outside) | "agent" (the in-process SIGPROF sampler)
     samples: int
     base_http_share: float | None = None  # of the busy samples, those under BaseHTTPMiddleware (py-spy only)
+    why_not: str = ""  # why py-spy's samples are not the source: its error, or no profile window covered it
 
 
 def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
@@ -354,7 +355,8 @@ def cpu_hotspots(rec: Recording, window: tuple[float, float]) -> CpuHotspots:
     profiles = [p for p in rec.cpu_profiles if p.samples and p.t_start < hi and p.t_start + p.seconds > lo]
     if not profiles:
         cats, top = hotspots(rec, window)
-        return CpuHotspots(cats, top, "agent", 0)
+        errors = [p.error for p in rec.cpu_profiles if p.error]
+        return CpuHotspots(cats, top, "agent", 0, why_not=errors[0] if errors else "no profile window covered it")
     cats_ms: Counter[str] = Counter()
     frames_ms: Counter[tuple[str, str]] = Counter()
     base_http_ms = 0.0

@@ -123,7 +123,18 @@ def test_a_profile_that_overlaps_the_window_is_its_cpu_samples(after, source):
 
     rec = load("diagnose_middleware")
     (profile,) = [p for p in rec.cpu_profiles if p.samples]
-    assert cpu_hotspots(rec, (profile.t_start + after, float("inf"))).source == source
+    hot = cpu_hotspots(rec, (profile.t_start + after, float("inf")))
+    assert hot.source == source and bool(hot.why_not) is (source == "agent")
+
+
+def test_a_failed_profile_says_why_in_the_evidence():
+    """py-spy that could not attach: the CPU samples are the agent's, and the evidence says what py-spy said."""
+    rec = load("diagnose_middleware")
+    failed = "py-spy failed (exit 1): Permission denied (os error 13)"
+    profiles = tuple(dataclasses.replace(p, samples=0, stacks=(), error=failed) for p in rec.cpu_profiles)
+    v = diagnose(dataclasses.replace(rec, cpu_profiles=profiles)).verdict
+    assert v.bottleneck == "cpu-saturated"
+    assert f"CPU samples from the agent's sampler on the loop thread (py-spy did not run: {failed})" in v.evidence
 
 
 @pytest.mark.parametrize("cause,expected", [("connections refused", "server-errors"), (None, "cpu-saturated")])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -12,13 +11,10 @@ from harness.errors import ConfigError
 from harness.interop.results import kind_of, read_results
 from harness.load.jtl import HEADER
 from harness.recording import Recording
-from tests.conftest import DATA, ROOT, harness_cmd
+from tests.conftest import DATA, ROOT, cli
 
 RESULTS = DATA / "results"
 
-
-def cli(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(harness_cmd(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def totals(res) -> dict:
