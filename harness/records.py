@@ -545,6 +545,7 @@ class AgentHello:
     cpu_timer: str
     options: Mapping[str, Any]
     middleware: tuple[str, ...] = ()  # the app's BaseHTTPMiddleware subclasses
+    signal_relay: bool = False  # the agent kept its signals out of the loop's self-pipe (cputimer.WakeupRelay)
 
 
 @dataclass(frozen=True)
@@ -612,7 +613,7 @@ def _hello(d: Mapping[str, Any], fmt: int) -> AgentHello:
     _check("agent hello", d, _keys(*AgentHello.__dataclass_fields__))
     return AgentHello(int(d["pid"]), float(d["t"]), d["python"], d.get("versions", {}), d.get("loop", ""),
                       d.get("hotspots", ""), d.get("watchdog", ""), d.get("cpu_timer", ""), d.get("options", {}),
-                      tuple(d.get("middleware", ())))
+                      tuple(d.get("middleware", ())), bool(d.get("signal_relay", False)))
 
 
 def _pool(d: Mapping[str, Any]) -> PoolTick:

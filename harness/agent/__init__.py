@@ -14,7 +14,8 @@ harness's sink, with a ``{"type": "proc", "t", "cpu_s", "main_cpu_s", "rss_mb", 
 "threads"}`` line once a second that the sink keeps for itself (``sink.py``):
 
 ``{"type": "hello", "pid", "t", "python", "versions": {...}, "loop": str, "hotspots": str, "watchdog": str,
-  "cpu_timer": str, "options": {...}, "middleware": ["module.BaseHTTPMiddlewareSubclass", ...]}``
+  "cpu_timer": str, "signal_relay": bool, "options": {...}, "middleware": ["module.BaseHTTPMiddlewareSubclass",
+  ...]}``
     once, when the worker serves its first ASGI event.
 ``{"type": "tick", "t", "seq", "lag_ms": [float], "inflight": int, "threadpool": {...}|null,
   "pools": [{"id", "size", "checked_out", "overflow", "max_overflow", "timeout_s", "waiting", "acquire": hist,

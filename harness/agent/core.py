@@ -77,6 +77,7 @@ class Agent:
         self.thread: Optional[threading.Thread] = None
         self.alarm = False  # the stall watchdog is SIGALRM (else the agent's thread)
         self.cpu_timer = cputimer.CpuTimer()  # SIGPROF for the hotspot sampler
+        self.relay = cputimer.WakeupRelay()  # its signals (and the watchdog's) off the loop's self-pipe
 
     # ------------------------------------------------------------------ start
 
@@ -107,11 +108,14 @@ class Agent:
         if self.alarm:
             signal.signal(signal.SIGALRM, self._on_alarm)
             signal.setitimer(signal.ITIMER_REAL, BEAT_S + self.stall_s)
+        if signal_sampling or self.alarm:
+            self.relay.install()
         self.emit({
             "type": "hello", "pid": self.pid, "t": time.time(), "python": sys.version.split()[0],
             "versions": probes.versions(), "loop": type(loop).__module__ + "." + type(loop).__name__,
             "hotspots": "sigprof" if signal_sampling else ("thread" if self.hot_interval else "off"),
             "watchdog": "sigalrm" if self.alarm else "thread", "cpu_timer": self.cpu_timer.kind,
+            "signal_relay": self.relay.loop_fd != -1,
             "middleware": self.middleware,
             "options": {k: v for k, v in self.options.items() if k not in ("target", "sink")},
         })
@@ -313,6 +317,7 @@ class Agent:
         while True:
             now = time.perf_counter()
             if now >= tick_due:
+                self.relay.relay()
                 self._write()
                 tick_due = walk_due = now + TICK_S
             if now >= watch_due:
@@ -367,6 +372,7 @@ class Agent:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 except ValueError:
                     pass
+            self.relay.uninstall()
         self.stopped.set()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(1.0)  # its last record (the last tick's requests) is written before exit

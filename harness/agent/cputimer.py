@@ -1,4 +1,4 @@
-"""SIGPROF every N seconds of the loop thread's CPU time.
+"""SIGPROF every N seconds of the loop thread's CPU time, kept out of the event loop's self-pipe.
 
 On Linux, a POSIX timer on the thread's own CPU clock, aimed at that thread (``timer_create``
 with ``SIGEV_THREAD_ID``, through ctypes: the standard library has no binding). Elsewhere,
@@ -11,11 +11,12 @@ samples are weighted by.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 SIGEV_THREAD_ID = 4  # Linux
 
@@ -83,3 +84,79 @@ class CpuTimer:
             except ValueError:
                 pass
         self.kind = "off"
+
+
+class WakeupRelay:
+    """Keeps the agent's own signals (SIGPROF, SIGALRM) out of the event loop's self-pipe.
+
+    CPython writes the number of each signal it catches to the fd given to
+    ``signal.set_wakeup_fd``, and uvloop and asyncio give it their self-pipe: every sample
+    would wake the loop for a turn that reads one byte and finds nothing to do, ≈ 1 % of
+    /fast's throughput at 50 Hz (benchmarks/agent_overhead.md). The relay takes the wakeup
+    fd for a pipe of its own, and the agent's thread passes every other signal's byte
+    on to the loop's pipe at its next tick (≤ 100 ms later). Python-level handlers (uvicorn's
+    SIGTERM, Ctrl-C) do not wait for it: they run at the loop thread's next bytecode, and the
+    heartbeat wakes an idle loop every 10 ms; only a handler the app registered with
+    ``loop.add_signal_handler`` waits for its byte.
+    """
+
+    OURS = frozenset({signal.SIGPROF, signal.SIGALRM})
+
+    def __init__(self) -> None:
+        self.loop_fd = -1  # the wakeup fd it took over (the loop's self-pipe)
+        self._pipe: Optional[Tuple[int, int]] = None  # (read end, write end)
+
+    def install(self) -> bool:
+        """On the main thread: take over the wakeup fd a running loop set (none set: nothing to do)."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        try:
+            previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (ValueError, OSError):  # not the main thread
+            previous = -1
+        else:
+            if previous == -1:  # no loop listens: leave it unset
+                signal.set_wakeup_fd(-1)
+        if previous == -1:
+            os.close(r)
+            os.close(w)
+            return False
+        self.loop_fd, self._pipe = previous, (r, w)
+        return True
+
+    def relay(self) -> None:
+        """On the agent's thread: pass on every byte that is not one of the agent's own signals."""
+        if self._pipe is None:
+            return
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self._pipe[0], 4096)
+            except (BlockingIOError, InterruptedError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        theirs = bytes(b for b in data if b not in self.OURS)
+        if theirs:
+            try:
+                os.write(self.loop_fd, theirs)
+            except OSError:  # the loop closed its pipe: it no longer listens
+                pass
+
+    def uninstall(self) -> None:
+        """On the main thread: give the wakeup fd back (unless someone has replaced ours since: the
+        loop, pausing its signal handling, restores its own predecessor), and pass on what is left."""
+        if self._pipe is None:
+            return
+        try:
+            current = signal.set_wakeup_fd(self.loop_fd, warn_on_full_buffer=False)
+            if current != self._pipe[1]:
+                signal.set_wakeup_fd(current, warn_on_full_buffer=False)
+        except (ValueError, OSError):  # not the main thread: the fd stays registered, so the pipe stays open
+            return
+        self.relay()
+        for fd in self._pipe:
+            os.close(fd)
+        self._pipe = None

@@ -12,18 +12,18 @@ import types
 
 import pytest
 
-from harness.agent.cputimer import CpuTimer
+from harness.agent.cputimer import CpuTimer, WakeupRelay
 from harness.agent.hist import FAST, bucket_of
 from harness.agent.middleware import MAX_ROUTES, AgentMiddleware
 
 
 class Route:
-    """What Starlette leaves in ``scope["route"]``: unhashable, with a path."""
+    """What Starlette leaves in ``scope["route"]``: unhashable, with a path and its methods."""
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, methods: tuple[str, ...] = ("GET", "HEAD")) -> None:
+        self.path, self.methods = path, set(methods)
 
 
 class Agent:
@@ -74,7 +74,8 @@ def test_tally_counts_routes_raw_paths_errors_and_slow_requests_a_tick_later():
     agent = Agent()
     mw = AgentMiddleware(app, agent)
     assert agent.routes is mw
-    fast, items = Route("/fast"), Route("/items/{id}")
+    # one route object for two methods is one route (Starlette adds HEAD to a GET route: not shown)
+    fast, items = Route("/fast"), Route("/items/{id}", ("GET", "POST"))
     serve(
         mw,
         [request("/fast", fast)] * 5
@@ -92,7 +93,7 @@ def test_tally_counts_routes_raw_paths_errors_and_slow_requests_a_tick_later():
     rec = mw.drain()
     routes = rec["routes"]
     assert {k: v["n"] for k, v in routes.items()} == {
-        "GET /fast": 5, "GET /items/{id}": 2, "POST /items/{id}": 1, "GET /nowhere": 1, "GET /boom": 1, "GET /slow": 1}
+        "GET /fast": 5, "GET,POST /items/{id}": 3, "GET /nowhere": 1, "GET /boom": 1, "GET /slow": 1}
     assert rec["exceptions"] == {"GET /boom": {"KeyError": 1}}
     assert routes["GET /boom"]["errors"] == 1 and routes["GET /fast"]["errors"] == 0
     assert rec["inflight"] == 0
@@ -179,6 +180,82 @@ def test_cpu_timer_counts_only_its_own_threads_cpu_time():
     finally:
         timer.stop()
         signal.signal(signal.SIGPROF, previous)
+
+
+def test_the_relay_keeps_the_agents_signals_out_of_the_loops_pipe_and_passes_the_rest_on():
+    """A loop's wakeup pipe (as uvloop sets one) gets SIGUSR1's byte after the relay's pass, never SIGPROF's
+    or SIGALRM's; uninstalling gives the loop its pipe back."""
+    import os
+
+    loop_r, loop_w = os.pipe()
+    os.set_blocking(loop_r, False)
+    os.set_blocking(loop_w, False)
+    handlers = {sig: signal.signal(sig, lambda s, f: None) for sig in (signal.SIGUSR1, signal.SIGPROF, signal.SIGALRM)}
+    before = signal.set_wakeup_fd(loop_w)
+    relay = WakeupRelay()
+    try:
+        assert relay.install() and relay.loop_fd == loop_w
+        for sig in (signal.SIGPROF, signal.SIGUSR1, signal.SIGALRM, signal.SIGPROF):
+            signal.raise_signal(sig)
+        with pytest.raises(BlockingIOError):
+            os.read(loop_r, 64)  # nothing reached the loop yet: the relay passes bytes on at its ticks
+        relay.relay()
+        assert os.read(loop_r, 64) == bytes([signal.SIGUSR1])
+        relay.uninstall()
+        assert signal.set_wakeup_fd(loop_w) == loop_w  # the loop's own pipe again
+        relay.uninstall()  # twice is harmless
+    finally:
+        signal.set_wakeup_fd(before)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        os.close(loop_r)
+        os.close(loop_w)
+
+
+def test_a_handler_the_app_gave_uvloop_still_runs_behind_the_relay():
+    """``loop.add_signal_handler`` (gunicorn's uvicorn worker does it for SIGQUIT) hears of its signal
+    only through the loop's pipe: the relay, passing bytes on as the agent's thread does, gets it there."""
+    import uvloop  # a dependency of the harness
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        heard = asyncio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, heard.set)
+        relay = WakeupRelay()
+        assert relay.install()
+        stop = threading.Event()
+
+        def agent_thread() -> None:
+            while not stop.wait(0.1):
+                relay.relay()
+
+        thread = threading.Thread(target=agent_thread)
+        thread.start()
+        try:
+            start = time.monotonic()
+            signal.raise_signal(signal.SIGUSR1)
+            await asyncio.wait_for(heard.wait(), 5)
+            return time.monotonic() - start
+        finally:
+            stop.set()
+            thread.join()
+            relay.uninstall()
+            loop.remove_signal_handler(signal.SIGUSR1)
+
+    loop = uvloop.new_event_loop()
+    try:
+        took = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert took < 1.0
+
+
+def test_the_relay_leaves_alone_a_process_where_no_loop_listens():
+    assert signal.set_wakeup_fd(-1) == -1
+    relay = WakeupRelay()
+    assert not relay.install() and signal.set_wakeup_fd(-1) == -1
+    relay.relay()
+    relay.uninstall()
 
 
 def test_pool_probe_counts_checkouts_per_pool_and_forgets_a_pool_that_is_gone(monkeypatch):
