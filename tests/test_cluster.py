@@ -16,15 +16,14 @@ import pytest
 from harness.histogram import Histogram
 from harness.recording import Recording
 from harness.records import DriverSecond
-from tests.conftest import ROOT, cli_in_background, harness_cmd
+from tests.conftest import ROOT, cli, cli_in_background
 
 pytestmark = pytest.mark.e2e
 
 
 def _run(env, out: Path, address: str, *flags: str, expect: int = 0) -> subprocess.CompletedProcess:
-    p = subprocess.run(harness_cmd("run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/health",
-                                   "--cluster", address, "--drivers", "1", "--out", str(out), "--quiet", *flags),
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    p = cli(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), "--get", "/health",
+            "--cluster", address, "--drivers", "1", "--out", str(out), "--quiet", *flags, timeout=180)
     assert p.returncode == expect, p.stderr
     return p
 

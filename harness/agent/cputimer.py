@@ -108,7 +108,7 @@ class WakeupRelay:
 
     def install(self) -> bool:
         """On the main thread: take over the wakeup fd a running loop set (none set: nothing to do)."""
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+        r, w = os.pipe()
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         try:
@@ -133,7 +133,7 @@ class WakeupRelay:
         while True:
             try:
                 chunk = os.read(self._pipe[0], 4096)
-            except (BlockingIOError, InterruptedError, OSError):
+            except OSError:  # empty (BlockingIOError)
                 break
             if not chunk:
                 break

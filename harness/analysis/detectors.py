@@ -108,11 +108,17 @@ def _mean_over(series: dict[int, float], start: float | None) -> float:
 # ---------------------------------------------------------------------------- validity
 
 
-def _load_node(ctx: Context, driver: int) -> str:
-    """" on load node N (host)" for a driver of a --cluster run, else ""."""
+def _node_of(ctx: Context, driver: int) -> str:
+    """"load node N (host)" for a driver of a --cluster run, else ""."""
     cluster = ctx.rec.run.cluster or {}
     node = next((n for n in cluster.get("nodes", ()) if driver in n["drivers"]), None)
-    return f" on load node {node['node']} ({node['host']})" if node else ""
+    return f"load node {node['node']} ({node['host']})" if node else ""
+
+
+def _load_node(ctx: Context, driver: int) -> str:
+    """" on load node N (host)" for a driver of a --cluster run, else ""."""
+    node = _node_of(ctx, driver)
+    return f" on {node}" if node else ""
 
 
 def _cluster_driver_busy(ctx: Context) -> Finding | None:
@@ -166,9 +172,8 @@ def detect_load_generator(ctx: Context) -> list[Finding]:
             first = next((s.t for s in secs if s.late or s.dropped), None)
             behind: dict[str, int] = {}  # a --cluster run: which load nodes fell behind
             for r in ctx.rec.driver_records:
-                where = _load_node(ctx, r.driver) if isinstance(r, DriverSecond) and (r.late or r.dropped) else ""
+                where = _node_of(ctx, r.driver) if isinstance(r, DriverSecond) and (r.late or r.dropped) else ""
                 if where:
-                    where = where.removeprefix(" on ")
                     behind[where] = behind.get(where, 0) + r.late + r.dropped
             return [_finding(ctx, "load-generator-saturated", first,
                              rule=f"{late:,} of {sent:,} sends left > 10 ms late and {dropped:,} were dropped "

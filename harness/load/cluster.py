@@ -131,8 +131,7 @@ class RayCluster(Managed):
         try:
             ray.init(address=self.address, logging_level="ERROR", log_to_driver=False, configure_logging=False)
         except Exception as e:  # ConnectionError, or Ray's own for an address it cannot use
-            raise ConfigError(f"--cluster {self.address}: cannot connect ({type(e).__name__}: {str(e)[:200]}); start "
-                              "a head with `ray start --head` or fix the address") from None
+            raise self._cannot_connect(f"{type(e).__name__}: {str(e)[:200]}") from None
         alive = [n for n in ray.nodes() if n.get("Alive")]
         count = self.wanted or len(alive)
         if count > len(alive):
@@ -162,8 +161,11 @@ class RayCluster(Managed):
         try:
             socket.create_connection((host or "127.0.0.1", int(port)), timeout=3.0).close()
         except OSError as e:
-            raise ConfigError(f"--cluster {self.address}: cannot connect ({e.strerror or type(e).__name__}); start a "
-                              "head with `ray start --head` or fix the address") from None
+            raise self._cannot_connect(e.strerror or type(e).__name__) from None
+
+    def _cannot_connect(self, why: str) -> ConfigError:
+        return ConfigError(f"--cluster {self.address}: cannot connect ({why}); start a head with `ray start --head` "
+                           "or fix the address")
 
     def _clock(self, actor: Any) -> tuple[float, float]:
         """(offset, uncertainty) of the actor's clock against this one: the probe with the smallest round trip."""

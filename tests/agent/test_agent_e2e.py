@@ -13,7 +13,7 @@ import pytest
 
 from harness.recording import Recording
 from harness.records import AgentHello
-from tests.conftest import APPS, ROOT, cli_in_background, harness_cmd, wait_until
+from tests.conftest import APPS, ROOT, cli, cli_in_background, wait_until
 
 pytestmark = pytest.mark.e2e  # boots servers or runs the CLI as a user does
 
@@ -25,8 +25,7 @@ def run(
 ) -> tuple[dict, Recording, subprocess.CompletedProcess]:
     out = tmp_path / "run"
     path = scenario if os.sep in scenario else str(SCENARIOS / f"{scenario}.toml")
-    p = subprocess.run(harness_cmd("run", path, "--out", str(out), "--quiet", *flags), env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=180)
+    p = cli(env, "run", path, "--out", str(out), "--quiet", *flags, timeout=180)
     assert p.returncode == expect, p.stderr
     if expect:
         return {}, None, p  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from harness.agent.core import Agent
 from harness.agent.sink import TcpStream
 from harness.recording import Recording
 from harness.sampling.sink import AgentSink
-from tests.conftest import ROOT, cli_in_background, harness_cmd
+from tests.conftest import ROOT, cli, cli_in_background
 
 
 def _line(record: dict) -> bytes:
@@ -147,9 +147,8 @@ def test_an_app_started_by_hand_is_seen_from_inside_as_a_booted_one(tmp_path, en
                 app.send_signal(signal.SIGTERM)  # the wrapper hands it to the server
                 assert app.wait(timeout=20) in (0, -signal.SIGTERM), app.stderr.read()
     booted = tmp_path / "booted"
-    p = subprocess.run(harness_cmd("run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), *REQUESTS,
-                                   "--out", str(booted), "--quiet"), env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    p = cli(env, "run", "--app", "sample_app.main:app", "--app-dir", str(ROOT), *REQUESTS,
+            "--out", str(booted), "--quiet", timeout=120)
     assert p.returncode == 0, p.stderr
     by_hand, as_booted = _inside(hand), _inside(booted)
     assert len(by_hand["workers"]) == 1 and by_hand["workers"] != [app.pid]  # uvicorn, the wrapper's child
@@ -162,18 +161,16 @@ def test_an_app_started_by_hand_is_seen_from_inside_as_a_booted_one(tmp_path, en
 
 @pytest.mark.e2e
 def test_no_agent_connecting_is_said_with_what_to_start(tmp_path, env):
-    p = subprocess.run(harness_cmd("run", "--url", "http://127.0.0.1:9", "--agent-sink", "0", "--get", "/",
-                                   "--set", "agent.sink_wait=1s", "--out", str(tmp_path / "run")),
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    p = cli(env, "run", "--url", "http://127.0.0.1:9", "--agent-sink", "0", "--get", "/",
+            "--set", "agent.sink_wait=1s", "--out", str(tmp_path / "run"), timeout=60)
     assert p.returncode == 2, p.stderr
     assert "no agent connected within 1 s; start the app with `python -m fastapi_harness_agent --sink tcp://" \
         in p.stderr and "Traceback" not in p.stderr
 
 
 def test_the_sink_goes_with_url(tmp_path, env):
-    p = subprocess.run(harness_cmd("run", "--app", "sample_app.main:app", "--agent-sink", "0", "--get", "/health",
-                                   "--out", str(tmp_path / "run")), env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
+    p = cli(env, "run", "--app", "sample_app.main:app", "--agent-sink", "0", "--get", "/health",
+            "--out", str(tmp_path / "run"), timeout=60)
     assert p.returncode == 2 and "goes with --url" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from harness.config import build_scenario, load_scenario
 from harness.errors import ConfigError
 from harness.interop.jmeter import read_jmx, write_jmx
-from tests.conftest import DATA, ROOT, harness_cmd
+from tests.conftest import DATA, ROOT, cli
 
 PLANS = DATA / "jmeter"
 APP = {"target": "sample_app.main:app"}
@@ -117,21 +116,18 @@ def test_plan_without_sampler_or_with_undefined_variable(tmp_path):
 
 @pytest.mark.e2e
 def test_export_cli_and_a_run_from_the_seed_plan(tmp_path, env):
-    out = subprocess.run(harness_cmd("export-jmx", str(ROOT / "scenarios" / "smoke.toml")), env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = cli(env, "export-jmx", str(ROOT / "scenarios" / "smoke.toml"), timeout=60)
     assert out.returncode == 0 and "<jmeterTestPlan" in out.stdout
     assert load_scenario(ROOT / "scenarios" / "smoke.toml").requests[0].path in out.stdout
     run = tmp_path / "run"
-    p = subprocess.run(harness_cmd("run", "--jmx", str(PLANS / "seed_v5.jmx"), "--app", "sample_app.main:app",
-                                   "--app-dir", str(ROOT), "--users", "20", "--loops", "5", "--set", "load.ramp_up=1s",
-                                   "--out", str(run), "--quiet"),
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = cli(env, "run", "--jmx", str(PLANS / "seed_v5.jmx"), "--app", "sample_app.main:app",
+            "--app-dir", str(ROOT), "--users", "20", "--loops", "5", "--set", "load.ramp_up=1s",
+            "--out", str(run), "--quiet", timeout=120)
     assert p.returncode == 0, p.stderr
     assert "ResultCollector (Summary Report)" in p.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["requests"] == 100 and summary["errors"]["total"] == 0 and summary["scenario"] == "FastAPI_Test"
-    p = subprocess.run(harness_cmd("run", "--jmx", str(PLANS / "seed_v5.jmx")), env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    p = cli(env, "run", "--jmx", str(PLANS / "seed_v5.jmx"), timeout=60)
     assert p.returncode == 2 and "add --app module:app" in p.stderr
 
 
@@ -142,9 +138,8 @@ def test_a_run_writes_a_jtl_matching_its_summary(tmp_path, env):
     from harness.load.jtl import HEADER
 
     run, jtl = tmp_path / "run", tmp_path / "results.jtl"
-    p = subprocess.run(harness_cmd("run", str(ROOT / "scenarios" / "smoke.toml"), "--duration", "3s", "--drivers", "2",
-                                   "--jtl", str(jtl), "--out", str(run), "--quiet"),
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = cli(env, "run", str(ROOT / "scenarios" / "smoke.toml"), "--duration", "3s", "--drivers", "2",
+            "--jtl", str(jtl), "--out", str(run), "--quiet", timeout=120)
     assert p.returncode == 0, p.stderr
     with open(jtl, newline="") as f:
         assert f.readline().strip() == HEADER
