@@ -31,7 +31,7 @@ def nginx_error_kind(line: str) -> str:
 
 
 class Watcher(threading.Thread):
-    """Calls ``poll`` once a second until stopped; the first error ends the watching and is kept, with
+    """Calls ``poll`` at once and then once a second until stopped; the first error ends the watching and is kept, with
     when it came (``failed_t``, seconds since t0), for the run's events."""
 
     def __init__(self, service: str, t0: float):
@@ -49,12 +49,17 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self._halt.wait(1.0):
+            # at once, then once a second: a counter's first reading is its baseline, and it must come
+            # before the load starts (the session starts watchers a second before it), or the first
+            # requests' counts fall into it unseen
+            while True:
                 t = round(time.time() - self.t0, 3)
                 try:
                     self.poll(t)
                 except Exception as e:  # the service went away (or never answered)
                     self.error, self.failed_t = str(e) if isinstance(e, HarnessError) else f"{type(e).__name__}: {e}", t
+                    return
+                if self._halt.wait(1.0):
                     return
         finally:
             self.close()
