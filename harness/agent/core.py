@@ -34,7 +34,7 @@ BEAT_S = 0.010
 TICK_S = 0.100
 POOL_SAMPLE_S = 0.050
 MEMORY_EVERY = 10  # ticks between two readings of the allocators
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_dumps = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # records are trees
 
 
 class Agent:

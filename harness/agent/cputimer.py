@@ -135,9 +135,9 @@ class WakeupRelay:
                 chunk = os.read(self._pipe[0], 4096)
             except OSError:  # empty (BlockingIOError)
                 break
-            if not chunk:
-                break
             data += chunk
+            if len(chunk) < 4096:  # the pipe is empty now: no second call to learn it
+                break
         theirs = bytes(b for b in data if b not in self.OURS)
         if theirs:
             try:

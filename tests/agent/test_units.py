@@ -128,6 +128,44 @@ def test_final_drain_counts_the_last_two_ticks():
     assert mw.drain(final=True)["routes"]["GET /fast"]["n"] == 5
 
 
+def test_a_busy_worker_times_about_one_request_in_every_and_counts_them_all():
+    mw = AgentMiddleware(app, Agent())
+    a, b = Route("/a"), Route("/b")
+    serve(mw, [request("/a", a)])  # starts the agent
+    mw.drain()
+    mw.drain()
+    mw.every = 4
+    serve(mw, [request(p, r) for _ in range(400) for p, r in (("/a", a), ("/b", b), ("/boom", None))])
+    mw.drain()
+    assert mw.every == 1  # judged by the tick just read, which had none
+    rec = mw.drain()
+    routes = rec["routes"]
+    assert {k: v["n"] for k, v in routes.items()} == {"GET /a": 400, "GET /b": 400, "GET /boom": 400}
+    assert rec["exceptions"] == {"GET /boom": {"KeyError": 400}}
+    for st in routes.values():
+        # two routes requested in turn are both timed (the gaps are random, not a stride of 4)
+        assert 400 / 4 / 3 < st["timed"] < 400 / 4 * 3, st["timed"]
+        assert sum(k for _, k in st["hist"]["b"]) == 4 * st["timed"]  # each timed request stands for 4
+
+
+def test_the_share_timed_follows_the_rate():
+    mw = AgentMiddleware(app, Agent())
+    fast = Route("/fast")
+    serve(mw, [request("/fast", fast)])
+    time.sleep(0.01)
+    mw.drain()
+    mw.drain()  # the tick read: 1 request in ≥ 10 ms, well under a thousand a second
+    assert mw.every == 1
+    serve(mw, [request("/fast", fast)] * 500)
+    mw._swapped_ns = time.perf_counter_ns() - 50_000_000  # as if they came in over 50 ms: 10,000 a second
+    mw.drain()
+    mw.drain()
+    assert mw.every == 10
+    serve(mw, [request("/fast", fast)] * 20)
+    mw.drain()
+    assert mw.drain()["routes"]["GET /fast"]["n"] == 20
+
+
 def test_raw_paths_are_bounded():
     mw = AgentMiddleware(app, Agent())
     serve(mw, [request(f"/p{i}") for i in range(MAX_ROUTES + 10)])
