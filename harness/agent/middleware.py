@@ -83,7 +83,7 @@ class AgentMiddleware:
         self.app = app
         self.agent = agent
         agent.routes = self
-        agent.waits = WaitProbe(type(self).__call__.__code__, self)
+        agent.waits = WaitProbe(self)
         agent.statements.routes = agent.pools.routes = self
         agent.middleware = base_http_middleware(app)
         self.ready = False

@@ -4,10 +4,10 @@ Nothing runs per request for this. From the agent's thread, a few times a tick, 
 tasks are listed; a request's task is known by the middleware's own frame near the top of its
 chain, and that frame's local ``t`` says when the request started (when the middleware timed it:
 on a busy worker, about one request in ``every``, each found standing for that many). A request
-in flight longer than ``SLOW_NS`` is followed down ``cr_await`` to the innermost suspended frame; what it awaits
-says the kind of wait (an outbound HTTP pool, a response, a DB pool or statement, an asyncio
-lock, an executor, a sleep), and the innermost frame of the app's own code is its site. Each
-walk adds the time since the previous one to every waiting request's (kind, site). The cost of a
+in flight longer than ``SLOW_NS`` is followed down ``cr_await`` to the innermost suspended
+frame; what it awaits says the kind of wait (an outbound HTTP pool, a response, a DB pool or
+statement, an asyncio lock, an executor, a sleep), and the innermost frame of the app's own code
+is its site. Each walk adds the time since the previous one to every waiting request's (kind, site). The cost of a
 walk is bounded whatever the load: at most ``MAX_TASKS`` tasks are looked at and ``MAX_WALKED``
 slow requests followed, random samples each standing for its share of the rest (following every
 one of 200 requests 30 frames deep cost ≈ 20 ms a walk, holding the GIL).
@@ -50,8 +50,8 @@ _TASKS = getattr(asyncio.tasks, "_all_tasks", None) if sys.version_info < (3, 12
 class WaitProbe:
     """Walks slow requests' tasks; ``read`` returns the waits since the last read and the pools seen."""
 
-    def __init__(self, middleware_code: Any, middleware: Any = None) -> None:
-        self.code = middleware_code
+    def __init__(self, middleware: Any) -> None:
+        self.code = type(middleware).__call__.__code__  # a request's frame of the middleware, by its code
         self.middleware = middleware  # its ``every``: only timed requests have a start to judge by
         self.waits: Dict[str, float] = {}  # "kind|file:line function" → ms of in-flight time
         self.active = False  # the last walk saw a waiting request: walk every WALK_S
@@ -81,7 +81,7 @@ class WaitProbe:
         # the rest of each chain, and what it waits on, for a sample of them standing for all
         walked = random.sample(slow, MAX_WALKED) if len(slow) > MAX_WALKED else slow
         weight = interval * 1000.0 * len(tasks) / len(looked) * len(slow) / len(walked) if walked else 0.0
-        weight *= getattr(self.middleware, "every", 1)  # a timed request stands for `every` (see the middleware)
+        weight *= self.middleware.every  # a timed request stands for `every` (see the middleware)
         for task, (frames, obj) in walked:
             try:
                 frames, awaited = self._follow(obj, frames, None)  # type: ignore[misc]
